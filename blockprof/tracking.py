@@ -1,0 +1,344 @@
+"""The one place where tasks talk to MLflow (DESIGN.md section 8).
+
+Results are always written to the run's folder first and only then sent to
+MLflow, and any MLflow failure (unreachable server, broken store) turns
+tracking off for the rest of the run with one warning line: tracking never
+kills a task and never loses a result.
+
+``backend``: ``local`` (SQLite store + artifacts under ``paths.output_root``),
+``server`` (``tracking.uri`` or ``$MLFLOW_TRACKING_URI``) or ``none``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from blockprof.errors import UserError
+
+BACKENDS = ("local", "none", "server")
+MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+
+
+# ---------------------------------------------------------------- config helpers
+def _hydra_cfg(cfg: DictConfig | None = None):
+    """The ``hydra`` node: from ``cfg`` itself (callbacks get the full config) or
+    the HydraConfig singleton (inside a job); None outside Hydra."""
+    if cfg is not None and "hydra" in cfg:
+        return cfg.hydra
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return HydraConfig.get() if HydraConfig.initialized() else None
+    except Exception:
+        return None
+
+
+def _abs(path: str | os.PathLike, cfg: DictConfig | None = None) -> Path:
+    """Absolute path; relative ones are taken from the launch directory (Hydra may
+    have changed the working directory to the job's folder)."""
+    p = Path(str(path)).expanduser()
+    if p.is_absolute():
+        return p
+    hc = _hydra_cfg(cfg)
+    base = hc.runtime.cwd if hc is not None and hc.runtime.get("cwd") else os.getcwd()
+    return (Path(base) / p).resolve()
+
+
+def resolve_output_root(cfg: DictConfig) -> Path:
+    """``cfg.paths.output_root`` as an absolute path."""
+    return _abs(cfg.paths.output_root, cfg)
+
+
+def _backend(cfg: DictConfig) -> str:
+    backend = str(cfg.tracking.get("backend", "local"))
+    if backend not in BACKENDS:
+        raise UserError(f"tracking.backend={backend!r} is not one of {', '.join(BACKENDS)}")
+    return backend
+
+
+def _store(cfg: DictConfig) -> tuple[str, str | None]:
+    """(tracking URI, artifact location for a new experiment) for a tracking backend."""
+    t = cfg.tracking
+    if _backend(cfg) == "server":
+        uri = t.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
+        if not uri:
+            raise UserError("tracking.backend=server needs tracking.uri or $MLFLOW_TRACKING_URI")
+        return str(uri), (str(t.artifact_root) if t.get("artifact_root") else None)
+    root = resolve_output_root(cfg)
+    uri = str(t.uri) if t.get("uri") else f"sqlite:///{root / 'mlflow.db'}"
+    # Explicit and absolute: MLflow would otherwise fix it relative to the cwd of
+    # whichever process created the experiment.
+    art = _abs(t.artifact_root, cfg) if t.get("artifact_root") else root / "mlartifacts"
+    return uri, art.as_uri()
+
+
+def _get_or_create_experiment(client, name: str, artifact_location: str | None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # created meanwhile by a parallel job
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _reason(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:200]
+
+
+# ---------------------------------------------------------------- store setup
+def prepare_store(cfg: DictConfig) -> None:
+    """Create the local SQLite schema and the experiment once, in the parent.
+
+    A fresh SQLite store created by several parallel jobs at once is corrupted
+    for good (schema-migration races), so this runs before any job starts.
+    Idempotent. Server and none backends: nothing to do.
+    """
+    if _backend(cfg) != "local":
+        return
+    root = resolve_output_root(cfg)
+    root.mkdir(parents=True, exist_ok=True)
+    uri, art = _store(cfg)
+    try:
+        from mlflow.tracking import MlflowClient
+
+        # Creating the client builds (or migrates) the schema.
+        _get_or_create_experiment(MlflowClient(tracking_uri=uri), str(cfg.tracking.experiment), art)
+    except Exception as e:
+        print(f"tracking: could not prepare MLflow store {uri} ({_reason(e)})", file=sys.stderr)
+
+
+class PrepareStoreCallback(Callback):
+    """Hydra callback (``hydra.callbacks``): prepare the store before jobs start."""
+
+    def _prepare(self, config: DictConfig) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        # ${hydra:...} interpolations in paths need the singleton, which Hydra only
+        # sets later, in each job. Same pattern as Hydra's own --cfg handling.
+        if not HydraConfig.initialized() and "hydra" in config:
+            HydraConfig.instance().set_config(config)
+            OmegaConf.set_readonly(config.hydra, None)  # set_config froze it; undo
+        prepare_store(config)
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._prepare(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._prepare(config)
+
+
+# ---------------------------------------------------------------- small helpers
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    """HEAD of the repository holding this file, or "unknown"."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5,
+        )
+        return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    except Exception:
+        return "unknown"
+
+
+def flatten_config(cfg: DictConfig) -> dict[str, str]:
+    """Resolved config (without ``hydra``) as {"a.b.c": str(value)} for MLflow params."""
+    container = _container(cfg)
+    flat: dict[str, str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            flat[prefix] = str(node)[:MAX_PARAM_LEN]
+
+    walk(container, "")
+    return flat
+
+
+def _container(cfg: DictConfig) -> dict:
+    try:
+        c = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # e.g. an interpolation that only resolves inside Hydra
+        c = OmegaConf.to_container(cfg, resolve=False)
+    c.pop("hydra", None)
+    return c
+
+
+def _atomic_write(path: Path, write) -> Path:
+    """Call ``write(tmp_path)`` then move the result into place (no half files)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _sweep_tags() -> dict[str, str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hc = HydraConfig.get()
+        if hc.mode != RunMode.MULTIRUN:
+            return {}
+        return {"sweep": str(_abs(hc.sweep.dir)), "sweep_job": str(hc.job.num),
+                "overrides": ",".join(hc.overrides.task)[:MAX_PARAM_LEN]}
+    except Exception:  # HydraConfig unset (tests, plain scripts)
+        return {}
+
+
+# ---------------------------------------------------------------- the run
+class RunTracker:
+    """One MLflow run scoped to a ``with`` block; see :func:`track_run`."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, task: str,
+                 tags: dict | None = None, nested: bool = False):
+        self.cfg, self.run_dir, self.task = cfg, Path(run_dir), task
+        self.extra_tags, self.nested = dict(tags or {}), nested
+        self.enabled = _backend(cfg) != "none"
+        self._run_id: str | None = None
+        self._mlflow = None
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run_id if self.enabled else None
+
+    # -- MLflow calls go through here: a failure disables tracking, never the task
+    def _call(self, fn, *args, **kwargs) -> Any:
+        if not self.enabled:
+            return None
+        try:
+            return fn(self._mlflow, *args, **kwargs)
+        except Exception as e:
+            self._disable(e)
+            return None
+
+    def _disable(self, e: BaseException) -> None:
+        self.enabled = False
+        print(f"tracking: MLflow unavailable ({_reason(e)}); results kept in {self.run_dir}",
+              file=sys.stderr, flush=True)
+        if self._run_id is not None:  # best effort: don't leave our run active in this process
+            try:
+                self._mlflow.end_run(status="FAILED")  # pops the run before contacting the store
+            except Exception:
+                pass
+
+    def _tags(self) -> dict[str, str]:
+        c = self.cfg
+        tags = {
+            "task": self.task,
+            "space": str(OmegaConf.select(c, "space.name", default="")),
+            "device": str(OmegaConf.select(c, "device.name", default="")),
+            "metrics": ",".join(map(str, OmegaConf.select(c, "metric.names", default=[]) or [])),
+            "git_commit": git_commit(),
+        }
+        search = OmegaConf.select(c, "search.name", default=None)
+        if search is not None:
+            tags["search"] = str(search)
+        tags.update(_sweep_tags())
+        tags.update({k: str(v) for k, v in self.extra_tags.items()})
+        return tags
+
+    def __enter__(self) -> RunTracker:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        cfg_yaml = OmegaConf.to_yaml(OmegaConf.create(_container(self.cfg)))
+        cfg_path = _atomic_write(self.run_dir / "config.yaml", lambda p: Path(p).write_text(cfg_yaml))
+        if not self.enabled:
+            return self
+        uri, art = _store(self.cfg)  # config errors raise: they are the user's to fix
+        t = self.cfg.tracking
+        if _backend(self.cfg) == "server":  # MLflow defaults: 7 retries x 120 s (minutes per call)
+            os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(t.get("request_timeout_s", 5))
+            os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(t.get("max_retries", 1))
+        else:  # local: the store lives under output_root
+            resolve_output_root(self.cfg).mkdir(parents=True, exist_ok=True)
+
+        def start(mlflow):
+            mlflow.set_tracking_uri(uri)
+            # joblib reuses worker processes: a run left active by an earlier job
+            # must not become our parent or swallow our metrics.
+            if mlflow.active_run() is not None and not self.nested:
+                mlflow.end_run()
+            exp_id = _get_or_create_experiment(mlflow.tracking.MlflowClient(uri), str(t.experiment), art)
+            run = mlflow.start_run(experiment_id=exp_id, run_name=f"{self.task}-{self.run_dir.name}",
+                                   nested=self.nested, tags=self._tags())
+            self._run_id = run.info.run_id
+            mlflow.log_params(flatten_config(self.cfg))
+            mlflow.log_artifact(str(cfg_path))
+
+        try:
+            import mlflow
+
+            self._mlflow = mlflow
+        except Exception as e:
+            self._disable(e)
+            return self
+        self._call(start)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.enabled and self._run_id is not None:
+            status = "FINISHED" if exc_type is None else (
+                "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+            self._call(lambda m: m.end_run(status=status))
+        return False  # never swallow the task's exception
+
+    # -- logging API
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self._call(lambda m: m.log_metrics({k: float(v) for k, v in metrics.items()}, step=step))
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._call(lambda m: m.log_params({k: str(v)[:MAX_PARAM_LEN] for k, v in params.items()}))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._call(lambda m: m.set_tags({k: str(v) for k, v in tags.items()}))
+
+    def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        self._call(lambda m: m.log_artifact(str(path), artifact_path=artifact_path))
+
+    def log_table(self, df, name: str) -> Path:
+        """Write ``df`` as CSV to ``run_dir/name`` (atomically, without the index:
+        ``reset_index()`` first if it matters), then log it."""
+        path = _atomic_write(self.run_dir / name, lambda p: df.to_csv(p, index=False))
+        self.log_artifact(path, _artifact_dir(name))
+        return path
+
+    def log_figure(self, fig, name: str) -> Path:
+        """Save a matplotlib figure as PNG to ``run_dir/name``, then log it."""
+        if not name.lower().endswith(".png"):
+            name += ".png"
+        path = _atomic_write(self.run_dir / name, lambda p: fig.savefig(p, format="png", bbox_inches="tight"))
+        self.log_artifact(path, _artifact_dir(name))
+        return path
+
+
+def _artifact_dir(name: str) -> str | None:
+    parent = Path(name).parent.as_posix()
+    return None if parent == "." else parent
+
+
+def track_run(cfg: DictConfig, run_dir: Path, task: str, tags: dict | None = None,
+              nested: bool = False) -> RunTracker:
+    """``with track_run(cfg, run_dir, "profile") as tr: tr.log_metrics(...)``."""
+    return RunTracker(cfg, run_dir, task, tags=tags, nested=nested)
