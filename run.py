@@ -1,0 +1,45 @@
+"""blockprof entry point: `python run.py space=mbv3 device=npu task=profile`.
+
+Hydra composes conf/; blockprof.app runs the task. Group typos are caught here,
+before Hydra starts, so they end in one line."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+GROUPS = ("space", "device", "metric", "search", "task", "tracking")
+
+
+def check_group_overrides(argv: list[str]) -> None:
+    """`space=mbv3x` -> one line naming the options, not Hydra's multi-line report."""
+    for arg in argv:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        if key not in GROUPS:
+            continue
+        options = sorted(p.stem for p in (CONF_DIR / key).glob("*.yaml"))
+        for v in value.split(","):  # multirun lists: space=mbv3,pn
+            v = v.strip()
+            if v and not v.startswith(("glob(", "choice(", "range(")) and v not in options:
+                print(f"error: unknown {key} '{v}' (choose from: {', '.join(options)})", file=sys.stderr)
+                sys.exit(2)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def _hydra_main(cfg):
+    from blockprof.app import main_entry  # imported late: `--help` stays fast
+    return main_entry(cfg)
+
+
+def main() -> None:
+    check_group_overrides(sys.argv[1:])
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
