@@ -95,8 +95,9 @@ def _get_or_create_experiment(client, name: str, artifact_location: str | None) 
 
 
 def _reason(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:200]
+    """One short line; keeps the tail, where HTTP errors put the root cause."""
+    msg = f"{type(e).__name__}: " + " ".join(str(e).split())
+    return msg if len(msg) <= 240 else f"{msg[:100]} ... {msg[-130:]}"
 
 
 # ---------------------------------------------------------------- store setup
@@ -238,11 +239,12 @@ class RunTracker:
         self.enabled = False
         print(f"tracking: MLflow unavailable ({_reason(e)}); results kept in {self.run_dir}",
               file=sys.stderr, flush=True)
-        if self._run_id is not None:  # best effort: don't leave our run active in this process
-            try:
+        try:  # best effort: don't leave our run active in this (possibly reused) process
+            active = self._mlflow.active_run() if self._run_id else None
+            if active is not None and active.info.run_id == self._run_id:
                 self._mlflow.end_run(status="FAILED")  # pops the run before contacting the store
-            except Exception:
-                pass
+        except Exception:
+            pass
 
     def _tags(self) -> dict[str, str]:
         c = self.cfg
@@ -261,12 +263,13 @@ class RunTracker:
         return tags
 
     def __enter__(self) -> RunTracker:
+        # Config errors raise before anything is written: they are the user's to fix.
+        uri, art = _store(self.cfg) if self.enabled else (None, None)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg_yaml = OmegaConf.to_yaml(OmegaConf.create(_container(self.cfg)))
         cfg_path = _atomic_write(self.run_dir / "config.yaml", lambda p: Path(p).write_text(cfg_yaml))
         if not self.enabled:
             return self
-        uri, art = _store(self.cfg)  # config errors raise: they are the user's to fix
         t = self.cfg.tracking
         if _backend(self.cfg) == "server":  # MLflow defaults: 7 retries x 120 s (minutes per call)
             os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(t.get("request_timeout_s", 5))
@@ -278,7 +281,7 @@ class RunTracker:
             mlflow.set_tracking_uri(uri)
             # joblib reuses worker processes: a run left active by an earlier job
             # must not become our parent or swallow our metrics.
-            if mlflow.active_run() is not None and not self.nested:
+            while mlflow.active_run() is not None and not self.nested:
                 mlflow.end_run()
             exp_id = _get_or_create_experiment(mlflow.tracking.MlflowClient(uri), str(t.experiment), art)
             run = mlflow.start_run(experiment_id=exp_id, run_name=f"{self.task}-{self.run_dir.name}",

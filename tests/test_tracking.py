@@ -42,7 +42,7 @@ def client_for(root):
 
 @pytest.fixture
 def store(tmp_path):
-    """A prepared local store; the env knobs a server run sets are restored afterwards."""
+    """A prepared local store in tmp_path; no run is left active afterwards."""
     cfg = make_cfg(tmp_path)
     prepare_store(cfg)
     yield cfg
@@ -68,7 +68,7 @@ def test_run_logs_everything(store, tmp_path):
         seen = []
         orig = tr.log_artifact
         # The table must already be complete on disk when it is sent to MLflow.
-        tr.log_artifact = lambda p, a=None: (seen.append(Path(p).read_text()), orig(p, a))
+        tr.log_artifact = lambda p, a=None: (seen.append(Path(p).read_bytes()), orig(p, a))
         for step in range(3):
             tr.log_metrics({"best_acc": 0.1 * step}, step=step)
         tr.log_params({"extra_param": 3})
@@ -78,7 +78,7 @@ def test_run_logs_everything(store, tmp_path):
         run_id = tr.run_id
     plt.close(fig)
     assert mlflow.active_run() is None
-    assert table == run_dir / "tables" / "pareto.csv" and seen[0] == table.read_text()
+    assert table == run_dir / "tables" / "pareto.csv" and seen[0] == table.read_bytes()
     assert pd.read_csv(table).equals(df)
     assert png == run_dir / "pareto.png" and png.read_bytes()[:4] == b"\x89PNG"
     assert "hydra" not in OmegaConf.load(run_dir / "config.yaml")
@@ -112,7 +112,9 @@ def test_exception_marks_failed_and_propagates(store, tmp_path):
 
 def test_stale_active_run_is_ended_and_nested_runs(store, tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    stale = mlflow.start_run().info.run_id  # as left behind by an earlier job in a reused worker
+    # As left behind by an earlier job in a reused worker (a parent and its child).
+    stale = mlflow.start_run().info.run_id
+    mlflow.start_run(nested=True)
     with track_run(store, tmp_path / "parent", "sweep") as parent:
         with track_run(store, tmp_path / "child", "train", nested=True) as child:
             pass
@@ -163,6 +165,7 @@ def test_config_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="tracking.uri"):
         with track_run(make_cfg(tmp_path, backend="server"), tmp_path / "r", "x"):
             pass
+    assert not (tmp_path / "r").exists()
 
 
 def test_resolve_output_root_relative(tmp_path, monkeypatch):

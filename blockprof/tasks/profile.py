@@ -1,0 +1,101 @@
+"""task=profile (the default): block profiling with summaries, extremes and heatmaps."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pandas as pd
+
+from blockprof import plots
+from blockprof.errors import UserError
+from blockprof.metrics import score
+from blockprof.profiling import BASELINE, ChunkStore, base_archs, group_archs, make_groups, samples_frame, summarise
+from blockprof.progress import progress
+
+
+def _settings_key(cfg, groups, metric_names) -> str:
+    blob = json.dumps({"seed": cfg.seed, "n": int(cfg.task.num_archs), "space": cfg.space.name,
+                       "resolutions": list(cfg.space.resolutions), "metrics": list(metric_names),
+                       "device": cfg.device.name, "groups": [g.label for g in groups]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def plan(ctx):
+    """Groups to profile and how many go in one scoring batch (validated before any work)."""
+    t = ctx.cfg.task
+    n = int(t.num_archs)
+    if n < 1:
+        raise UserError(f"task.num_archs must be >= 1, not {t.num_archs}")
+    blocks = list(t.blocks or [])
+    if not t.all and not blocks:
+        raise UserError("nothing to profile: set task.all=true or give task.blocks, e.g. task.blocks='[[1,0,7,6,224]]'")
+    groups = make_groups(ctx.space, bool(t.all), blocks, list(t.resolutions or []))
+    slow = any(getattr(m, "slow", False) for m in ctx.metrics.values())
+    per_chunk = 1 if slow else max(1, int(t.chunk_archs) // n)
+    return groups, n, per_chunk
+
+
+def run(ctx, tracker):
+    cfg = ctx.cfg
+    groups, n, per_chunk = plan(ctx)
+    metric_names = list(ctx.metrics)
+    store = ChunkStore(ctx.run_dir)
+    key = _settings_key(cfg, groups, metric_names)
+    meta = store.dir / "settings.json"
+    if meta.exists() and json.loads(meta.read_text()).get("key") != key:
+        raise UserError(f"{ctx.run_dir} holds a profile with other settings; use a new run folder")
+    meta.write_text(json.dumps({"key": key}))
+
+    base = base_archs(ctx.space, cfg.seed, n)
+    chunks = [groups[i:i + per_chunk] for i in range(0, len(groups), per_chunk)]
+    frames, resumed = [], 0
+    for chunk in progress(chunks, desc="profiling", total=len(chunks)):
+        done = store.load(chunk[0].index)
+        if done is not None:
+            frames.append(done)
+            resumed += 1
+            continue
+        archs = [group_archs(ctx.space, g, base, cfg.seed) for g in chunk]
+        flat = [a for group in archs for a in group]
+        df = samples_frame(ctx.space, chunk, archs, score(ctx.metrics, flat))
+        store.save(chunk[0].index, df)
+        frames.append(df)
+    if resumed:
+        print(f"resumed: {resumed} of {len(chunks)} chunks were already profiled in {ctx.run_dir}")
+
+    samples = pd.concat(frames, ignore_index=True)
+    higher = {k: m.higher_is_better for k, m in ctx.metrics.items()}
+    summary, extremes = summarise(ctx.space, groups, samples, metric_names, higher)
+    tracker.log_table(samples, "samples.csv")
+    tracker.log_table(summary, "summary.csv")
+    tracker.log_table(extremes, "extremes.csv")
+    _heatmaps(ctx, tracker, summary, metric_names)
+
+    baseline = summary[summary["block"] == BASELINE].iloc[0]
+    tracker.log_metrics({"num_groups": len(groups) - 1, "num_archs_scored": len(samples),
+                         **{f"baseline_{m}_mean": float(baseline[f"{m}_mean"]) for m in metric_names}})
+    tracker.set_tags({f"unit.{k}": m.unit for k, m in ctx.metrics.items()})
+    print(f"profiled {len(groups) - 1} slot groups x {n} archs (+ baseline) -> {ctx.run_dir}")
+    return summary
+
+
+def _heatmaps(ctx, tracker, summary: pd.DataFrame, metric_names) -> None:
+    """Mean value and mean difference from the baseline, per metric, for single-slot groups."""
+    single = summary[(summary["block"] != BASELINE) & summary["unit"].notna() & ~summary["block"].str.contains(r"\+")]
+    if single.empty:
+        return
+    base = summary[summary["block"] == BASELINE].iloc[0]
+    for m in metric_names:
+        unit = ctx.metrics[m].unit
+        view = single.assign(diff=single[f"{m}_mean"] - base[f"{m}_mean"])
+        for col, suffix, label, div in ((f"{m}_mean", "mean", f"mean {m} [{unit}]", False),
+                                        ("diff", "diff", f"mean {m} - random baseline [{unit}]", True)):
+            if div and not np.isfinite(view[col]).any():
+                continue
+            title = (f"{ctx.space.name} on {ctx.cfg.device.name}: {label}, "
+                     f"{int(base['n'])} archs per block")
+            fig = plots.block_heatmaps(view, col, title, label, diverging=div and math.isfinite(view[col].abs().max()))
+            tracker.log_figure(fig, f"heatmap_{m}_{suffix}.png")
+            plots.close(fig)

@@ -1,0 +1,42 @@
+"""Shared fixtures: the asset mirror, composed configs, tiny run folders."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SHARED_ASSETS = REPO.parent / "shared" / "assets"
+
+# tests never download: the OFA assets come from the local mirror (CI sets the same)
+os.environ.setdefault("BLOCKPROF_ASSET_MIRROR", str(SHARED_ASSETS))
+# ...and never write into the user's cache
+os.environ.setdefault("BLOCKPROF_CACHE", tempfile.mkdtemp(prefix="blockprof-test-cache-"))
+
+
+def compose(overrides: list[str], output_root: Path):
+    """A real Hydra composition of conf/ (no app run), pointed at a tmp output root."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra_compose("config", overrides=[*overrides, f"paths.output_root={output_root}"])
+
+
+def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python run.py ...` in a subprocess, from `cwd`."""
+    e = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=e)
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    return lambda *overrides: compose(list(overrides), tmp_path / "outputs")
