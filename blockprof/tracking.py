@@ -101,6 +101,14 @@ def _reason(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- store setup
+def _quiet_store_logs() -> None:
+    """MLflow logs its schema creation at INFO on stderr; keep user output clean."""
+    import logging
+
+    for name in ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def prepare_store(cfg: DictConfig) -> None:
     """Create the local SQLite schema and the experiment once, in the parent.
 
@@ -113,6 +121,7 @@ def prepare_store(cfg: DictConfig) -> None:
     root = resolve_output_root(cfg)
     root.mkdir(parents=True, exist_ok=True)
     uri, art = _store(cfg)
+    _quiet_store_logs()
     try:
         from mlflow.tracking import MlflowClient
 
@@ -135,9 +144,8 @@ class PrepareStoreCallback(Callback):
             OmegaConf.set_readonly(config.hydra, None)  # set_config froze it; undo
         prepare_store(config)
 
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._prepare(config)
-
+    # A single run creates its store itself, after the config is validated: a user
+    # error must leave nothing behind. Only parallel jobs need it done up front.
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._prepare(config)
 
@@ -265,6 +273,7 @@ class RunTracker:
     def __enter__(self) -> RunTracker:
         # Config errors raise before anything is written: they are the user's to fix.
         uri, art = _store(self.cfg) if self.enabled else (None, None)
+        _quiet_store_logs()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg_yaml = OmegaConf.to_yaml(OmegaConf.create(_container(self.cfg)))
         cfg_path = _atomic_write(self.run_dir / "config.yaml", lambda p: Path(p).write_text(cfg_yaml))

@@ -1,0 +1,154 @@
+"""task=profile: statistics, slot forcing, outputs, resume, bad specs."""
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from blockprof.app import execute
+from blockprof.errors import UserError
+from blockprof.metrics import MeasuredLatency
+from blockprof.profiling import QUANTILES
+
+from conftest import run_cli
+
+
+def _profile(cfg_factory, run_dir, *overrides):
+    cfg = cfg_factory("task=profile", "tracking=none", *overrides)
+    return execute(cfg, run_dir=run_dir)
+
+
+def test_summary_stats_equal_numpy(cfg_factory, tmp_path):
+    run = tmp_path / "run"
+    summary = _profile(cfg_factory, run, "task.all=false", "task.blocks=[[1,0,7,6,224],[3,3,3,3]]",
+                       "task.num_archs=40", "seed=3")
+    samples = pd.read_csv(run / "samples.csv")
+    on_disk = pd.read_csv(run / "summary.csv")
+    assert len(on_disk) == 3 and list(on_disk["block"]) == ["random", "mbconv3_e6_k7", "mbconv3_e3_k3"]
+    for _, row in on_disk.iterrows():
+        for m in ("accuracy", "mmacs", "params_m", "latency"):
+            v = samples.loc[samples["group"] == row["group"], m].to_numpy()
+            assert len(v) == 40
+            assert row[f"{m}_mean"] == pytest.approx(np.mean(v))
+            assert row[f"{m}_std"] == pytest.approx(np.std(v))
+            for key, q in QUANTILES.items():
+                assert row[f"{m}_{key}"] == pytest.approx(np.quantile(v, q))
+            assert row[f"{m}_min"] == pytest.approx(v.min()) and row[f"{m}_max"] == pytest.approx(v.max())
+    # the seed's column order per metric
+    cols = [c for c in on_disk.columns if c.startswith("latency_")]
+    assert cols == [f"latency_{s}" for s in ("mean", "std", "q01", "q05", "q95", "q99", "min", "max")]
+    assert on_disk.loc[1, "description"] == "Unit 1 Layer 0 as MBConv6_7x7 with Resolution 224"
+    extremes = pd.read_csv(run / "extremes.csv")
+    best = extremes[(extremes["group"] == 1) & (extremes["metric"] == "accuracy")].iloc[0]
+    g1 = samples[samples["group"] == 1]
+    assert best["best_value"] == pytest.approx(g1["accuracy"].max())
+    assert best["worst_value"] == pytest.approx(g1["accuracy"].min())
+    lat = extremes[(extremes["group"] == 1) & (extremes["metric"] == "latency")].iloc[0]
+    assert lat["best_value"] == pytest.approx(g1["latency"].min())  # lower is better
+
+
+def test_samples_carry_the_forced_slot(cfg_factory, tmp_path):
+    run = tmp_path / "run"
+    _profile(cfg_factory, run, "task.all=false", "task.blocks=[[1,3,7,6,224]]", "task.num_archs=30")
+    s = pd.read_csv(run / "samples.csv")
+    forced = s[s["group"] == 1]
+    assert (forced[["unit", "layer", "kernel", "expand"]] == [1, 3, 7, 6]).all().all()
+    assert (forced["resolution"] == 224).all()
+    for text in forced["arch"]:
+        unit1 = text.split("|")[1].split("->")
+        assert len(unit1) == 4 and unit1[3] == "mbconv3_e6_k7"  # layer 3 active: depth raised to 4
+    base = s[s["group"] == 0]
+    assert base["unit"].isna().all() and (base["slot"] == "random").all()
+    assert base["resolution"].nunique() > 1
+
+
+def test_all_slots_and_heatmaps_for_pn(cfg_factory, tmp_path):
+    run = tmp_path / "run"
+    summary = _profile(cfg_factory, run, "space=pn", "device=note10", "task.all=true", "task.num_archs=8")
+    assert len(summary) == 1 + (5 * 4 + 1) * 9
+    for m in ("mmacs", "params_m", "latency"):
+        for kind in ("mean", "diff"):
+            png = run / f"heatmap_{m}_{kind}.png"
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # bigger kernels and expansions cost more latency, on average over positions
+    single = summary[summary["block"] != "random"]
+    by_block = single.groupby("block")["latency_mean"].mean()
+    assert by_block["mbconv2_e6_k7"] > by_block["mbconv2_e3_k3"]
+
+
+def test_resnet50_profile_runs(cfg_factory, tmp_path):
+    run = tmp_path / "run"
+    summary = _profile(cfg_factory, run, "space=resnet50", "metric=no_latency", "task.all=false",
+                       "task.blocks=[[0,0],[1,1,2],[2,3,5,0.35,1]]", "task.num_archs=10")
+    assert list(summary["block"]) == ["random", "stem_d0", "stem1_w2", "bneck_e0.35_w1"]
+    s = pd.read_csv(run / "samples.csv")
+    assert s[s["group"] == 3]["arch"].str.split("|").str[3].str.split("->").str.len().eq(6).all()
+
+
+class Killed(BaseException):
+    """Stands in for SIGINT/SIGKILL mid-run (pytest reserves KeyboardInterrupt)."""
+
+
+def test_resume_skips_finished_chunks(cfg_factory, tmp_path, monkeypatch):
+    """A killed measured-latency profile, rerun into the same folder, measures nothing twice."""
+    calls, kill_at = [], [3]
+    real = MeasuredLatency.time_arch
+
+    def counting(self, arch):
+        calls.append(arch)
+        if len(calls) == kill_at[0]:
+            kill_at[0] = -1
+            raise Killed  # killed while timing the slot's first arch
+        return real(self, arch)
+
+    monkeypatch.setattr(MeasuredLatency, "time_arch", counting)
+    overrides = ["device=local_cpu", "metric.names=[latency]", "metric.skip_unavailable=false",
+                 "space.resolutions=[160]", "device.latency.warmup=0", "device.latency.repeats=1",
+                 "task.all=false", "task.blocks=[[0,0,3,3],[4,3,7,6]]", "task.num_archs=2"]
+    run = tmp_path / "run"
+    with pytest.raises(Killed):
+        _profile(cfg_factory, run, *overrides)
+    assert len(calls) == 3 and not (run / "samples.csv").exists()
+    calls.clear()
+    _profile(cfg_factory, run, *overrides)
+    assert len(calls) == 4  # the two unfinished slot groups only; the baseline was kept
+    s = pd.read_csv(run / "samples.csv")
+    assert len(s) == 6 and s["latency"].gt(0).all()
+    calls.clear()
+    _profile(cfg_factory, run, *overrides)  # all done: nothing measured again
+    assert calls == []
+
+
+def test_resume_with_other_settings_refused(cfg_factory, tmp_path):
+    run = tmp_path / "run"
+    _profile(cfg_factory, run, "task.all=false", "task.blocks=[[0,0,3,3]]", "task.num_archs=5")
+    with pytest.raises(UserError, match="other settings"):
+        _profile(cfg_factory, run, "task.all=false", "task.blocks=[[0,0,3,3]]", "task.num_archs=6")
+
+
+def test_fast_profile_is_deterministic_and_chunk_independent(cfg_factory, tmp_path):
+    a = _profile(cfg_factory, tmp_path / "a", "task.num_archs=10", "task.chunk_archs=100000")
+    b = _profile(cfg_factory, tmp_path / "b", "task.num_archs=10", "task.chunk_archs=30")
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("blocks,needle", [
+    ([[1, 0, 7]], "bad block spec [1, 0, 7]"),
+    ([[1, 4, 7, 6]], "layer 4 out of range"),
+    ([[1, 0, 9, 6]], "kernel 9"),
+    ([[1, 0, 7, 5]], "expand 5"),
+    ([[[0, 0, 3, 3], [6, 0, 3, 3]]], "unit 6 out of range"),
+])
+def test_bad_specs_stop_at_start(cfg_factory, tmp_path, blocks, needle):
+    cfg = cfg_factory("task=profile", "task.all=false", f"task.blocks={blocks}".replace(" ", ""))
+    with pytest.raises(UserError, match=re.escape(needle)):
+        execute(cfg, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "samples.csv").exists()
+
+
+def test_bad_spec_on_the_command_line_is_one_line(tmp_path):
+    res = run_cli(["task.all=false", "task.blocks=[[1,4,7,6]]", f"paths.output_root={tmp_path}/out"], cwd=tmp_path)
+    assert res.returncode == 2
+    lines = [x for x in res.stderr.splitlines() if x.strip()]
+    assert lines == ["error: bad block spec [1, 4, 7, 6]: layer 4 out of range 0..3 for unit 1"], res.stderr
+    assert not list((tmp_path / "out").rglob("samples.csv"))
