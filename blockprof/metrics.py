@@ -28,6 +28,7 @@ class Metric(ABC):
     name: str
     unit: str
     higher_is_better: bool
+    slow: bool = False  # seconds per arch (timing, ImageNet evaluation) rather than microseconds
 
     @abstractmethod
     def evaluate(self, archs: Sequence[Arch]) -> np.ndarray:
@@ -297,6 +298,7 @@ class MeasuredLatency(Metric):
     The relative spread (p90 - p10) / median of each arch is kept in `last_spread`.
     """
     name, unit, higher_is_better = "latency", "ms", False
+    slow = True  # profiling scores one slot per batch so an interrupted run resumes
 
     def __init__(self, space: DesignSpace, device: str = "cpu", threads: int = 1, warmup: int = 3,
                  repeats: int = 10, stat: str = "median", batch_size: int = 1, progress: bool = False):
