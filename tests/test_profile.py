@@ -152,3 +152,27 @@ def test_bad_spec_on_the_command_line_is_one_line(tmp_path):
     lines = [x for x in res.stderr.splitlines() if x.strip()]
     assert lines == ["error: bad block spec [1, 4, 7, 6]: layer 4 out of range 0..3 for unit 1"], res.stderr
     assert not list((tmp_path / "out").rglob("samples.csv"))
+
+
+def test_sharded_profile_merges_to_the_unsharded_summary(cfg_factory, tmp_path):
+    common = ["task.num_archs=6", "space=pn", "device=note10", "seed=5"]
+    whole = _profile(cfg_factory, tmp_path / "whole", *common)
+    shards = []
+    for i in range(3):
+        _profile(cfg_factory, tmp_path / f"shard{i}", *common, f"task.shard_index={i}", "task.num_shards=3")
+        shards.append(str(tmp_path / f"shard{i}"))
+    part = pd.read_csv(tmp_path / "shard1" / "summary.csv")
+    assert 1 < len(part) < len(whole)
+    cfg = cfg_factory("task=merge_profile", "tracking=none", *common, f"task.inputs=[{','.join(shards)}]")
+    merged = execute(cfg, run_dir=tmp_path / "merged")
+    pd.testing.assert_frame_equal(merged.reset_index(drop=True), whole.reset_index(drop=True))
+    a = pd.read_csv(tmp_path / "merged" / "summary.csv")
+    b = pd.read_csv(tmp_path / "whole" / "summary.csv")
+    pd.testing.assert_frame_equal(a, b)
+    cfg = cfg_factory("task=merge_profile", "tracking=none", *common, f"task.inputs=[{','.join(shards[:2])}]")
+    with pytest.raises(UserError, match="the shards lack"):
+        execute(cfg, run_dir=tmp_path / "merged2")
+    cfg = cfg_factory("task=merge_profile", "tracking=none", "task.num_archs=7", "space=pn", "device=note10",
+                      "seed=5", f"task.inputs=[{','.join(shards)}]")
+    with pytest.raises(UserError, match="task.num_archs=6 differs"):
+        execute(cfg, run_dir=tmp_path / "merged3")

@@ -22,24 +22,32 @@ def _settings_key(cfg, groups, metric_names) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def plan(ctx):
-    """Groups to profile and how many go in one scoring batch (validated before any work)."""
-    t = ctx.cfg.task
-    n = int(t.num_archs)
-    if n < 1:
+def all_groups(cfg, space):
+    """Every slot group of the configured profile, baseline first (validated)."""
+    t = cfg.task
+    if int(t.num_archs) < 1:
         raise UserError(f"task.num_archs must be >= 1, not {t.num_archs}")
     blocks = list(t.blocks or [])
     if not t.all and not blocks:
         raise UserError("nothing to profile: set task.all=true or give task.blocks, e.g. task.blocks='[[1,0,7,6,224]]'")
-    groups = make_groups(ctx.space, bool(t.all), blocks, list(t.resolutions or []))
-    slow = any(getattr(m, "slow", False) for m in ctx.metrics.values())
-    per_chunk = 1 if slow else max(1, int(t.chunk_archs) // n)
-    return groups, n, per_chunk
+    return make_groups(space, bool(t.all), blocks, list(t.resolutions or []))
+
+
+def shard_of(cfg, groups):
+    """Shard i of N: every N-th slot group, plus the baseline (each shard summarises on its own)."""
+    i, n_shards = int(cfg.task.shard_index), int(cfg.task.num_shards)
+    if n_shards < 1 or not 0 <= i < n_shards:
+        raise UserError(f"task.shard_index must be in 0..{n_shards - 1} and task.num_shards >= 1 "
+                        f"(got {i} of {n_shards})")
+    return [g for g in groups if g.index == 0 or (g.index - 1) % n_shards == i]
 
 
 def run(ctx, tracker):
     cfg = ctx.cfg
-    groups, n, per_chunk = plan(ctx)
+    groups = shard_of(cfg, all_groups(cfg, ctx.space))
+    n = int(cfg.task.num_archs)
+    slow = any(getattr(m, "slow", False) for m in ctx.metrics.values())
+    per_chunk = 1 if slow else max(1, int(cfg.task.chunk_archs) // n)
     metric_names = list(ctx.metrics)
     store = ChunkStore(ctx.run_dir)
     key = _settings_key(cfg, groups, metric_names)
@@ -66,6 +74,15 @@ def run(ctx, tracker):
         print(f"resumed: {resumed} of {len(chunks)} chunks were already profiled in {ctx.run_dir}")
 
     samples = pd.concat(frames, ignore_index=True)
+    summary = write_outputs(ctx, tracker, groups, samples)
+    tracker.set_tags({"shard": f"{cfg.task.shard_index}/{cfg.task.num_shards}"} if cfg.task.num_shards > 1 else {})
+    print(f"profiled {len(groups) - 1} slot groups x {n} archs (+ baseline) -> {ctx.run_dir}")
+    return summary
+
+
+def write_outputs(ctx, tracker, groups, samples: pd.DataFrame) -> pd.DataFrame:
+    """samples.csv, summary.csv, extremes.csv, heatmaps and summary numbers."""
+    metric_names = list(ctx.metrics)
     higher = {k: m.higher_is_better for k, m in ctx.metrics.items()}
     summary, extremes = summarise(ctx.space, groups, samples, metric_names, higher)
     tracker.log_table(samples, "samples.csv")
@@ -77,7 +94,6 @@ def run(ctx, tracker):
     tracker.log_metrics({"num_groups": len(groups) - 1, "num_archs_scored": len(samples),
                          **{f"baseline_{m}_mean": float(baseline[f"{m}_mean"]) for m in metric_names}})
     tracker.set_tags({f"unit.{k}": m.unit for k, m in ctx.metrics.items()})
-    print(f"profiled {len(groups) - 1} slot groups x {n} archs (+ baseline) -> {ctx.run_dir}")
     return summary
 
 
