@@ -32,6 +32,9 @@ class RunContext:
         """Built on first use: tasks that never score (measure) never load tables or predictors."""
         if self._metrics is None:
             self._metrics = build_metrics(self.cfg, self.space)
+            for m in self._metrics.values():  # memoising metrics (supernet accuracy) keep their memo here
+                if hasattr(m, "bind_run_dir"):
+                    m.bind_run_dir(self.run_dir)
         return self._metrics
 
     @property

@@ -177,10 +177,13 @@ class DesignSpace:
 
     def parse_slots(self, entries) -> list[list[Slot]]:
         """The seed's `--blocks` list: each entry is one spec or a list of specs fixed together."""
+        entries = list(entries)
+        if entries and not _is_seq(entries[0]):  # a single flat spec: [1, 0, 7, 6, 224]
+            entries = [entries]
         groups = []
         for entry in entries:
-            entry = list(entry)
-            specs = entry if entry and isinstance(entry[0], (list, tuple)) or _is_seq(entry[0] if entry else None) else [entry]
+            entry = list(entry) if _is_seq(entry) else [entry]
+            specs = entry if entry and _is_seq(entry[0]) else [entry]
             group = []
             for spec in specs:
                 group.extend(self.parse_slot(list(spec)))
