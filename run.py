@@ -30,7 +30,7 @@ def check_group_overrides(argv: list[str]) -> None:
                 sys.exit(2)
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(cfg):
     from blockprof.app import main_entry  # imported late: `--help` stays fast
     return main_entry(cfg)
