@@ -78,3 +78,20 @@ def test_cli_evaluate_writes_run_folder(tmp_path):
     tables = list((tmp_path / "out" / "runs" / "evaluate").glob("*/*/archs.csv"))
     assert len(tables) == 1 and len(pd.read_csv(tables[0])) == 10
     assert (REPO / "conf" / "config.yaml").exists()
+
+
+def test_console_script_runs_from_any_folder(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "blockprof"
+    if not exe.exists():
+        exe = shutil.which("blockprof")
+    assert exe, "the blockprof console script is installed with the package"
+    res = subprocess.run([str(exe), "task=evaluate", "task.num_archs=2", "tracking=none",
+                          f"paths.output_root={tmp_path}/out"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert list((tmp_path / "out").rglob("archs.csv"))
