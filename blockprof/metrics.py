@@ -129,10 +129,18 @@ class ProxylessMobileLatency(LUTLatency):
 
     def __init__(self, space: MBConvSpace, explicit_path: str | None = None):
         self.table = load_yaml_asset("proxylessnas/mobile_trim.yaml", explicit_path=explicit_path)
-        self.ref = build_space("pn", resolutions=(224,), width_mult=1.0)
-        self.space_ = space
-        self._ref_layers = {}
-        super().__init__(space, "latency", self._cost, lambda l, r: self._ref_key_of(l, r))
+        ref = build_space("pn", resolutions=(224,), width_mult=1.0)
+        # every layer pn can have, at each resolution -> the same position of the reference net
+        self._ref_of: dict[tuple[Layer, int], Layer] = {}
+        for r in space.resolutions:
+            for u in range(space.n_units):
+                for j in range(space.max_layers[u]):
+                    for b in space.blocks:
+                        self._ref_of[(space.block_layer(u, j, b, r), r)] = ref.block_layer(u, j, b, 224)
+            mine = space._stem_layers(r) + space._head_layers(space.unit_input_sizes(r)[-1])
+            theirs = ref._stem_layers(224) + ref._head_layers(ref.unit_input_sizes(224)[-1])
+            self._ref_of.update({(a, r): b for a, b in zip(mine, theirs)})
+        super().__init__(space, "latency", self._cost, lambda l, r: self._key(self._ref_of[(l, r)]))
 
     def _key(self, layer: Layer, expand: int | None = None) -> str:
         if isinstance(layer, ConvLayer):
@@ -148,19 +156,6 @@ class ProxylessMobileLatency(LUTLatency):
             return f"Logits-input:7x7x{layer.c_in}-output:{layer.c_out}"
         raise TypeError(layer)
 
-    def _reference(self, layer: Layer, r: int) -> Layer:
-        """The w1.0/224 layer at the same position as `layer` of space pn at resolution r."""
-        sp, ref = self.space_, self.ref
-        if isinstance(layer, MBConvLayer) and layer.expand_conv:
-            for u in range(sp.n_units):
-                for j in range(sp.max_layers[u]):
-                    for b in sp.blocks:
-                        if sp.block_layer(u, j, b, r) == layer:
-                            return ref.block_layer(u, j, b, 224)
-        stem_head = sp._stem_layers(r) + sp._head_layers(sp.unit_input_sizes(r)[-1])
-        ref_sh = ref._stem_layers(224) + ref._head_layers(ref.unit_input_sizes(224)[-1])
-        return ref_sh[stem_head.index(layer)]
-
     def _entry(self, key: str) -> float:
         e = self.table.get(key)
         return float(e["mean"]) if e else float("nan")
@@ -168,7 +163,7 @@ class ProxylessMobileLatency(LUTLatency):
     def _cost(self, layer: Layer, r: int) -> float:
         if isinstance(layer, PoolLayer):
             return 0.0  # the table's Logits entry covers pooling + classifier
-        ref = self._reference(layer, r)
+        ref = self._ref_of[(layer, r)]
         if isinstance(ref, MBConvLayer) and ref.expand_conv:
             e = round(ref.mid / ref.c_in)
             if e in (3, 6):
@@ -179,9 +174,6 @@ class ProxylessMobileLatency(LUTLatency):
         else:
             lat = self._entry(self._key(ref))
         return lat * layer_macs(layer) / layer_macs(ref)
-
-    def _ref_key_of(self, layer, r):
-        return self._key(self._reference(layer, r))
 
 
 # ------------------------------------------------------------------ accuracy predictors
