@@ -10,7 +10,7 @@ from pathlib import Path
 import hydra
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-GROUPS = ("space", "device", "metric", "search", "task", "tracking")
+GROUPS = ("space", "device", "metric", "search", "task", "tracking", "data")
 
 
 def check_group_overrides(argv: list[str]) -> None:
