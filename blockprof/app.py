@@ -82,9 +82,13 @@ def execute(cfg: DictConfig, run_dir: Path | None = None):
         task = get_method(cfg.task._target_)
     except Exception:
         raise UserError(f"task '{cfg.task.get('name')}' has no runnable target '{cfg.task.get('_target_')}'") from None
-    # metrics are built before the run opens so a bad combination leaves nothing behind
+    # metrics are built, and the task's own checks run, before the run opens:
+    # a bad combination leaves nothing behind
     if cfg.task.get("needs_metrics", True):
         ctx.metrics
+    check = getattr(sys.modules.get(task.__module__), "validate", None)
+    if check is not None:
+        check(ctx)
     with track_run(cfg, run_dir, task=str(cfg.task.name)) as tracker:
         return task(ctx, tracker)
 

@@ -9,14 +9,22 @@ from blockprof.latency_csv import read_archs_csv
 from blockprof.metrics import score
 
 
-def run(ctx, tracker):
+def archs_to_score(ctx):
     t = ctx.cfg.task
     if t.archs_csv:
-        archs = read_archs_csv(t.archs_csv, ctx.space)
-    else:
-        if int(t.num_archs) < 1:
-            raise UserError(f"task.num_archs must be >= 1, not {t.num_archs}")
-        archs = ctx.space.sample(ctx.rng, int(t.num_archs))
+        return read_archs_csv(t.archs_csv, ctx.space)
+    if int(t.num_archs) < 1:
+        raise UserError(f"task.num_archs must be >= 1, not {t.num_archs}")
+    return ctx.space.sample(np.random.default_rng(ctx.cfg.seed), int(t.num_archs))
+
+
+def validate(ctx) -> None:
+    """Called by the app before the MLflow run opens: a bad CSV or count fails here."""
+    archs_to_score(ctx)
+
+
+def run(ctx, tracker):
+    archs = archs_to_score(ctx)
     values = score(ctx.metrics, archs)
     df = pd.DataFrame({"net_id": np.arange(len(archs)), "arch": [a.text for a in archs],
                        "resolution": [a.resolution for a in archs], **values})

@@ -42,6 +42,11 @@ def shard_of(cfg, groups):
     return [g for g in groups if g.index == 0 or (g.index - 1) % n_shards == i]
 
 
+def validate(ctx) -> None:
+    """Called by the app before the MLflow run opens: slot specs and shard settings."""
+    shard_of(ctx.cfg, all_groups(ctx.cfg, ctx.space))
+
+
 def run(ctx, tracker):
     cfg = ctx.cfg
     groups = shard_of(cfg, all_groups(cfg, ctx.space))

@@ -1,0 +1,38 @@
+"""task=train_predictor: fit a latency predictor on a seed-format CSV.
+
+    python run.py task=train_predictor space=mbv3 device=npu            # data/ofa_mbv3_npu_lat_data.csv
+    python run.py task=train_predictor space=mbv3 device=local_cpu task.model=rnn
+
+Seeded train/dev/test split, early stopping on dev MAPE, the best checkpoint
+(with its normalisation, space, feature version) at device.latency.checkpoint,
+per-epoch metrics, a test report and a predicted-vs-measured scatter in MLflow.
+"""
+from __future__ import annotations
+
+from blockprof.errors import UserError
+from blockprof.tracking import _abs
+
+
+def run(ctx, tracker):
+    from predictors.latency import missing_data_message
+    from predictors.train import TrainOptions, train_from_csv
+
+    cfg, t = ctx.cfg, ctx.cfg.task
+    lat = cfg.device.latency
+    if "csv" not in lat and not t.get("csv"):
+        raise UserError(f"device {cfg.device.name} has no latency CSV (device.latency.csv); "
+                        "pick npu, gpu, cpu, local_cpu or local_cuda, or set task.csv")
+    csv_path = _abs(t.get("csv") or lat.csv, cfg)
+    model = t.get("model") or lat.get("model", "gnn")
+    default_ckpt = str(lat.get("checkpoint", "")).replace(f"_{lat.get('model', 'gnn')}.pt", f"_{model}.pt")
+    ckpt = t.get("checkpoint") or default_ckpt
+    if not ckpt:
+        raise UserError("set task.checkpoint: where to write the trained predictor")
+    ckpt_path = _abs(ckpt, cfg)
+    if not csv_path.is_file():
+        raise UserError(missing_data_message(cfg, ctx.space, csv_path))
+    keys = ("split", "max_epochs", "patience", "batch_size", "lr", "weight_decay", "hidden", "layers", "ridge",
+            "threads")
+    opts = TrainOptions.from_config({k: t[k] for k in keys if t.get(k) is not None}, model=model)
+    return train_from_csv(ctx.space, csv_path, str(cfg.device.name), opts, int(cfg.seed), ckpt_path,
+                          tracker, ctx.run_dir, log_model=bool(t.get("log_model", True)))
