@@ -12,10 +12,12 @@ kills a task and never loses a result.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,9 @@ from blockprof.errors import UserError
 
 BACKENDS = ("local", "none", "server")
 MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
+# Written to every run folder: whether the run reached MLflow, and a journal of what was
+# logged, so `python -m blockprof.sync <folder>` can upload a run whose tracking failed.
+MARKER = "tracking.json"
 
 
 # ---------------------------------------------------------------- config helpers
@@ -228,6 +233,7 @@ class RunTracker:
         self.enabled = _backend(cfg) != "none"
         self._run_id: str | None = None
         self._mlflow = None
+        self._marker: dict = {"journal": {"params": [], "metrics": [], "tags": [], "artifacts": []}}
 
     @property
     def run_id(self) -> str | None:
@@ -245,8 +251,10 @@ class RunTracker:
 
     def _disable(self, e: BaseException) -> None:
         self.enabled = False
-        print(f"tracking: MLflow unavailable ({_reason(e)}); results kept in {self.run_dir}",
-              file=sys.stderr, flush=True)
+        self._marker["error"] = _reason(e)
+        self._write_marker("RUNNING")
+        print(f"tracking: MLflow unavailable ({_reason(e)}); results kept in {self.run_dir} "
+              f"(upload later: python -m blockprof.sync {self.run_dir})", file=sys.stderr, flush=True)
         try:  # best effort: don't leave our run active in this (possibly reused) process
             active = self._mlflow.active_run() if self._run_id else None
             if active is not None and active.info.run_id == self._run_id:
@@ -277,9 +285,13 @@ class RunTracker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg_yaml = OmegaConf.to_yaml(OmegaConf.create(_container(self.cfg)))
         cfg_path = _atomic_write(self.run_dir / "config.yaml", lambda p: Path(p).write_text(cfg_yaml))
-        if not self.enabled:
-            return self
         t = self.cfg.tracking
+        self._marker.update(backend=_backend(self.cfg), uri=uri, artifact_location=art, experiment=str(t.experiment),
+                            run_name=f"{self.task}-{self.run_dir.name}", start_ms=int(time.time() * 1000),
+                            tags=self._tags(), error=None)
+        if not self.enabled:
+            self._write_marker("RUNNING")
+            return self
         if _backend(self.cfg) == "server":  # MLflow defaults: 7 retries x 120 s (minutes per call)
             os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(t.get("request_timeout_s", 5))
             os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(t.get("max_retries", 1))
@@ -307,27 +319,55 @@ class RunTracker:
             self._disable(e)
             return self
         self._call(start)
+        self._write_marker("RUNNING")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        status = "FINISHED" if exc_type is None else (
+            "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
         if self.enabled and self._run_id is not None:
-            status = "FINISHED" if exc_type is None else (
-                "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
             self._call(lambda m: m.end_run(status=status))
+        self._write_marker(status)
         return False  # never swallow the task's exception
+
+    def _record(self, kind: str, entries: list, fn) -> None:
+        """Send one logging call and journal its entries with whether they reached MLflow."""
+        was = self.enabled
+        self._call(fn)
+        self._marker["journal"][kind].extend([*e, was and self.enabled] for e in entries)
+        if not self.enabled and self._marker.get("backend") != "none":
+            self._write_marker("RUNNING")  # offline: keep the journal current on disk
+
+    def _write_marker(self, status: str) -> None:
+        """``tracking.json``: tracked (everything reached MLflow), where to, and the journal."""
+        try:
+            m = dict(self._marker, status=status, run_id=self._run_id,
+                     tracked=bool(self.enabled and self._run_id and status != "RUNNING"))
+            if status != "RUNNING":
+                m["end_ms"] = int(time.time() * 1000)
+            text = json.dumps(m, indent=1, default=str)
+            _atomic_write(self.run_dir / MARKER, lambda p: Path(p).write_text(text))
+        except Exception as e:  # the marker is a convenience: never fail the task for it
+            print(f"tracking: could not write {self.run_dir / MARKER} ({_reason(e)})", file=sys.stderr)
 
     # -- logging API
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self._call(lambda m: m.log_metrics({k: float(v) for k, v in metrics.items()}, step=step))
+        values, ts = {k: float(v) for k, v in metrics.items()}, int(time.time() * 1000)
+        self._record("metrics", [(k, v, step or 0, ts) for k, v in values.items()],
+                     lambda m: m.log_metrics(values, step=step))
 
     def log_params(self, params: dict[str, Any]) -> None:
-        self._call(lambda m: m.log_params({k: str(v)[:MAX_PARAM_LEN] for k, v in params.items()}))
+        values = {k: str(v)[:MAX_PARAM_LEN] for k, v in params.items()}
+        self._record("params", list(values.items()), lambda m: m.log_params(values))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._call(lambda m: m.set_tags({k: str(v) for k, v in tags.items()}))
+        values = {k: str(v) for k, v in tags.items()}
+        self._record("tags", list(values.items()), lambda m: m.set_tags(values))
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
-        self._call(lambda m: m.log_artifact(str(path), artifact_path=artifact_path))
+        p, here = Path(path).resolve(), self.run_dir.resolve()  # relative inside the run folder: movable
+        self._record("artifacts", [(str(p.relative_to(here) if p.is_relative_to(here) else p), artifact_path)],
+                     lambda m: m.log_artifact(str(path), artifact_path=artifact_path))
 
     def log_table(self, df, name: str) -> Path:
         """Write ``df`` as CSV to ``run_dir/name`` (atomically, without the index:
