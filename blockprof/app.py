@@ -2,7 +2,6 @@
 metrics, open the MLflow run, hand over to the task."""
 from __future__ import annotations
 
-import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import get_method
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from blockprof.errors import UserError
 from blockprof.metrics import Metric, build_metrics, check_metric_config
 from blockprof.space import DesignSpace, build_space
-from blockprof.tracking import RunTracker, resolve_output_root, track_run
+from blockprof.tracking import resolve_output_root, track_run
 
 
 @dataclass

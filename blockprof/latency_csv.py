@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from blockprof.errors import UserError
+from blockprof.fileio import atomic_write
 from blockprof.space import Arch, DesignSpace
 
 HEADER = ["net_id", "net_str", "device", "resolution", "lat unit", "end-to-end lat"]
@@ -113,16 +114,14 @@ class LatencyCSVWriter:
 
 def write_latency_csv(path: str | os.PathLike, rows: Iterable[tuple[int, Arch, str, float]]) -> Path:
     """Write a whole CSV atomically (tmp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(HEADER)
-        for net_id, arch, device, lat in rows:
-            w.writerow([net_id, arch.text, device, arch.resolution, "ms", f"{lat:.6f}"])
-    os.replace(tmp, path)
-    return path
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(HEADER)
+            for net_id, arch, device, lat in rows:
+                w.writerow([net_id, arch.text, device, arch.resolution, "ms", f"{lat:.6f}"])
+
+    return atomic_write(path, write)
 
 
 def read_archs_csv(path: str | os.PathLike, space: DesignSpace) -> list[Arch]:

@@ -14,7 +14,6 @@ sharding.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +21,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from blockprof.fileio import atomic_write
 from blockprof.space import Arch, DesignSpace, Slot
 
 STATS = ("mean", "std", "q01", "q05", "q95", "q99", "min", "max")
@@ -134,9 +134,4 @@ class ChunkStore:
         return pd.read_csv(p, keep_default_na=True) if p.exists() else None
 
     def save(self, first_group: int, df: pd.DataFrame) -> None:
-        p = self.path(first_group)
-        tmp = p.with_name(p.name + ".tmp")
-        df.to_csv(tmp, index=False)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
+        atomic_write(self.path(first_group), lambda p: df.to_csv(p, index=False), durable=True)

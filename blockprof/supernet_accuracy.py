@@ -36,6 +36,7 @@ import torch
 
 from blockprof.assets import DOWNLOAD_TIMEOUT_S, MIRROR_ENV, default_cache_dir
 from blockprof.errors import UserError
+from blockprof.fileio import atomic_write
 from blockprof.imagenet import (
     EVAL_TRANSFORM, FastVal, FolderVal, calibration_images, check_imagenet, describe_difference, normalize, scan_split,
 )
@@ -145,12 +146,7 @@ def sha256_file(path: Path) -> str:
 
 def save_ofa_checkpoint(net: torch.nn.Module, path: Path) -> Path:
     """Write a supernet in OFA's checkpoint format (``{"state_dict": ...}``), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part")
-    torch.save({"state_dict": net.state_dict()}, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: torch.save({"state_dict": net.state_dict()}, tmp))
 
 
 def _unreadable(path: Path, e: BaseException) -> UserError:

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from blockprof.errors import UserError
-from blockprof.tracking import MARKER, _atomic_write, _get_or_create_experiment, _quiet_store_logs, _reason, \
+from blockprof.fileio import atomic_write
+from blockprof.tracking import MARKER, _get_or_create_experiment, _quiet_store_logs, _reason, \
     flatten_config
 
 BATCH = {"metrics": 1000, "params": 100, "tags": 100}  # MLflow's log_batch limits
@@ -136,7 +137,7 @@ def mark_synced(marker_path: Path, marker: dict, run_id: str, uri: str) -> None:
     if m.get("status") == "RUNNING":
         m["status"] = "KILLED"
     text = json.dumps(m, indent=1, default=str)
-    _atomic_write(marker_path, lambda p: Path(p).write_text(text))
+    atomic_write(marker_path, lambda p: Path(p).write_text(text))
 
 
 def sync(paths: list, uri: str | None = None, dry_run: bool = False, include_running: bool = False,

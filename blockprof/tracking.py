@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from blockprof.errors import UserError
+from blockprof.fileio import atomic_write
 
 BACKENDS = ("local", "none", "server")
 MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
@@ -194,20 +194,6 @@ def _container(cfg: DictConfig) -> dict:
     return c
 
 
-def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` then move the result into place (no half files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def _sweep_tags() -> dict[str, str]:
     try:
         from hydra.core.hydra_config import HydraConfig
@@ -284,7 +270,7 @@ class RunTracker:
         _quiet_store_logs()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         cfg_yaml = OmegaConf.to_yaml(OmegaConf.create(_container(self.cfg)))
-        cfg_path = _atomic_write(self.run_dir / "config.yaml", lambda p: Path(p).write_text(cfg_yaml))
+        cfg_path = atomic_write(self.run_dir / "config.yaml", lambda p: Path(p).write_text(cfg_yaml))
         t = self.cfg.tracking
         self._marker.update(backend=_backend(self.cfg), uri=uri, artifact_location=art, experiment=str(t.experiment),
                             run_name=f"{self.task}-{self.run_dir.name}", start_ms=int(time.time() * 1000),
@@ -346,7 +332,7 @@ class RunTracker:
             if status != "RUNNING":
                 m["end_ms"] = int(time.time() * 1000)
             text = json.dumps(m, indent=1, default=str)
-            _atomic_write(self.run_dir / MARKER, lambda p: Path(p).write_text(text))
+            atomic_write(self.run_dir / MARKER, lambda p: Path(p).write_text(text))
         except Exception as e:  # the marker is a convenience: never fail the task for it
             print(f"tracking: could not write {self.run_dir / MARKER} ({_reason(e)})", file=sys.stderr)
 
@@ -372,7 +358,7 @@ class RunTracker:
     def log_table(self, df, name: str) -> Path:
         """Write ``df`` as CSV to ``run_dir/name`` (atomically, without the index:
         ``reset_index()`` first if it matters), then log it."""
-        path = _atomic_write(self.run_dir / name, lambda p: df.to_csv(p, index=False))
+        path = atomic_write(self.run_dir / name, lambda p: df.to_csv(p, index=False))
         self.log_artifact(path, _artifact_dir(name))
         return path
 
@@ -380,7 +366,7 @@ class RunTracker:
         """Save a matplotlib figure as PNG to ``run_dir/name``, then log it."""
         if not name.lower().endswith(".png"):
             name += ".png"
-        path = _atomic_write(self.run_dir / name, lambda p: fig.savefig(p, format="png", bbox_inches="tight"))
+        path = atomic_write(self.run_dir / name, lambda p: fig.savefig(p, format="png", bbox_inches="tight"))
         self.log_artifact(path, _artifact_dir(name))
         return path
 

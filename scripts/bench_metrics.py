@@ -88,7 +88,7 @@ def main() -> None:
          "subnet + sum(numel)", rate(numel_loop, len(sample), 1), None),
     ]
     print(f"\n{n} mbv3 archs, torch threads {torch.get_num_threads()}, median of {args.repeats} runs\n")
-    print(f"| metric | blockprof archs/s | baseline | baseline archs/s | ratio | target |")
+    print("| metric | blockprof archs/s | baseline | baseline archs/s | ratio | target |")
     print("|---|---:|---|---:|---:|---|")
     for name, ours, base_name, base, target in rows:
         ratio = ours / base

@@ -20,7 +20,7 @@ def _profile(cfg_factory, run_dir, *overrides):
 
 def test_summary_stats_equal_numpy(cfg_factory, tmp_path):
     run = tmp_path / "run"
-    summary = _profile(cfg_factory, run, "task.all=false", "task.blocks=[[1,0,7,6,224],[3,3,3,3]]",
+    _profile(cfg_factory, run, "task.all=false", "task.blocks=[[1,0,7,6,224],[3,3,3,3]]",
                        "task.num_archs=40", "seed=3")
     samples = pd.read_csv(run / "samples.csv")
     on_disk = pd.read_csv(run / "summary.csv")

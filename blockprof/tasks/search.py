@@ -28,7 +28,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
 from blockprof.errors import UserError
-from search.checkpoint import Checkpoint, atomic_write_text
+from blockprof.fileio import atomic_write_text
+from search.checkpoint import Checkpoint
 from search.evaluator import Evaluator
 from search.family import family_ops
 from search.insight import load_insight
