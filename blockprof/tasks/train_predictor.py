@@ -32,7 +32,7 @@ def run(ctx, tracker):
     if not csv_path.is_file():
         raise UserError(missing_data_message(cfg, ctx.space, csv_path))
     keys = ("split", "max_epochs", "patience", "batch_size", "lr", "weight_decay", "hidden", "layers", "ridge",
-            "threads")
+            "loss", "threads")
     opts = TrainOptions.from_config({k: t[k] for k in keys if t.get(k) is not None}, model=model)
     return train_from_csv(ctx.space, csv_path, str(cfg.device.name), opts, int(cfg.seed), ckpt_path,
                           tracker, ctx.run_dir, log_model=bool(t.get("log_model", True)))

@@ -1,0 +1,305 @@
+"""Training latency models: seeded split, early stopping on dev MAPE, checkpoints.
+
+`train_from_csv` is the one path used by `task=train_predictor` and by a
+predictor device whose checkpoint is missing (trained on demand).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from blockprof.errors import UserError
+from blockprof.space import Arch, DesignSpace
+from predictors.features import OpGraphFeaturizer
+from predictors.models import MODEL_KINDS, AdditiveModel, LatencyModel, TorchLatencyModel, build_model
+CHECKPOINT_FORMAT = "blockprof.latency_predictor"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class TrainOptions:
+    """Hyperparameters of one training run (also what a checkpoint records)."""
+    model: str = "gnn"
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)   # train / dev / test fractions
+    max_epochs: int = 400
+    patience: int = 60            # epochs without a better dev MAPE before stopping
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-5
+    hidden: int = 32
+    layers: int = 1               # message-passing rounds (gnn) / GRU layers (rnn)
+    ridge: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)  # additive: candidates, picked on dev MAPE
+    loss: str = "rel_l1"          # rel_l1 (mean |relative error|, i.e. MAPE itself) | rel_mse
+    threads: int = 1              # torch threads while fitting: small batches gain nothing from more,
+                                  # and on a busy 2-core machine 2 threads made training ~30x slower
+
+    @classmethod
+    def from_config(cls, node, **override) -> "TrainOptions":
+        """From a config node (task or device.latency.train); unknown keys are an error."""
+        raw = dict(node or {})
+        raw.update({k: v for k, v in override.items() if v is not None})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - names)
+        if unknown:
+            raise UserError(f"unknown predictor training option(s) {unknown} (known: {sorted(names)})")
+        if "split" in raw:
+            raw["split"] = tuple(float(x) for x in raw["split"])
+        if "ridge" in raw:
+            r = raw["ridge"]
+            raw["ridge"] = tuple(float(x) for x in (r if isinstance(r, (list, tuple)) or hasattr(r, "__iter__") else [r]))
+        opts = cls(**raw)
+        opts.check()
+        return opts
+
+    def check(self) -> None:
+        if self.loss not in ("rel_mse", "rel_l1"):
+            raise UserError(f"unknown training loss '{self.loss}' (rel_mse or rel_l1)")
+        if self.model not in MODEL_KINDS:
+            raise UserError(f"unknown latency model '{self.model}' (choose from {list(MODEL_KINDS)})")
+        if len(self.split) != 3 or any(f <= 0 for f in self.split) or not math.isclose(sum(self.split), 1.0, abs_tol=1e-6):
+            raise UserError(f"split must be three positive fractions summing to 1, not {list(self.split)}")
+        for k in ("max_epochs", "batch_size", "hidden", "layers", "threads"):
+            if int(getattr(self, k)) < 1:
+                raise UserError(f"training option {k} must be >= 1, not {getattr(self, k)}")
+
+    def hparams(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["split"], d["ridge"] = list(d["split"]), list(d["ridge"])
+        return d
+
+
+def split_indices(n: int, rng: np.random.Generator, fractions=(0.8, 0.1, 0.1)) -> tuple[np.ndarray, ...]:
+    """Seeded train/dev/test split; each part gets at least one arch."""
+    if n < 3:
+        raise UserError(f"need at least 3 measured archs to split into train/dev/test, have {n}")
+    perm = rng.permutation(n)
+    n_dev = max(1, int(round(fractions[1] * n)))
+    n_test = max(1, int(round(fractions[2] * n)))
+    n_train = n - n_dev - n_test
+    if n_train < 1:
+        raise UserError(f"{n} archs are too few for split {list(fractions)}")
+    return np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_dev]), np.sort(perm[n_train + n_dev:])
+
+
+def _mape(pred, y) -> float:
+    return float(np.mean(np.abs(pred - y) / y) * 100)
+
+
+def fit_model(space: DesignSpace, opts: TrainOptions, train: tuple[Sequence[Arch], np.ndarray],
+              dev: tuple[Sequence[Arch], np.ndarray], seed: int = 0,
+              on_epoch: Callable[[int, dict], None] | None = None,
+              featurizer: OpGraphFeaturizer | None = None) -> tuple[LatencyModel, dict]:
+    """Fit one model; returns it and a summary (epochs, best dev MAPE, seconds)."""
+    prev_threads = torch.get_num_threads()
+    torch.set_num_threads(int(opts.threads))
+    try:
+        return _fit_model(space, opts, train, dev, seed, on_epoch, featurizer)
+    finally:
+        torch.set_num_threads(prev_threads)
+
+
+def _fit_model(space, opts, train, dev, seed, on_epoch, featurizer):
+    t0 = time.perf_counter()
+    (a_tr, y_tr), (a_dev, y_dev) = train, dev
+    y_tr, y_dev = np.asarray(y_tr, dtype=np.float64), np.asarray(y_dev, dtype=np.float64)
+    if opts.model == "linear":
+        model = build_model("linear", space).fit(a_tr, y_tr)
+        info = {"dev_mape": _mape(model.predict(a_dev), y_dev), "epochs": 0}
+    elif opts.model == "additive":
+        best = None
+        for i, lam in enumerate(opts.ridge, start=1):  # pick the ridge strength on dev
+            m = AdditiveModel(space, {"ridge": lam}).fit(a_tr, y_tr)
+            d = _mape(m.predict(a_dev), y_dev)
+            if on_epoch:
+                on_epoch(i, {"ridge": lam, "dev_mape": d})
+            if best is None or d < best[1]:
+                best = (m, d)
+        model, info = best[0], {"dev_mape": best[1], "epochs": 0, "ridge": best[0].hparams["ridge"]}
+    else:
+        model, info = _fit_torch(space, opts, a_tr, y_tr, a_dev, y_dev, seed, on_epoch, featurizer)
+    info["train_seconds"] = time.perf_counter() - t0
+    return model, info
+
+
+def _fit_torch(space, opts, a_tr, y_tr, a_dev, y_dev, seed, on_epoch, featurizer):
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = TorchLatencyModel(space, opts.model, {"hidden": opts.hidden, "layers": opts.layers}, featurizer)
+    model.scale = float(np.mean(y_tr))
+    g_tr, g_dev = model.featurizer(a_tr), model.featurizer(a_dev)
+    if hasattr(model.net, "init_readout"):
+        model.net.init_readout(float(g_tr.lengths.float().mean()))
+    yt = torch.as_tensor(y_tr / model.scale, dtype=torch.float32)
+    net = model.net
+    optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(optim, T_max=opts.max_epochs, eta_min=opts.lr * 0.02)
+    best_state, best_dev, best_epoch, since = None, math.inf, 0, 0
+    n = len(yt)
+    epoch = 0
+    for epoch in range(1, opts.max_epochs + 1):
+        net.train()
+        perm = torch.from_numpy(rng.permutation(n))
+        total = 0.0
+        for i in range(0, n, opts.batch_size):
+            idx = perm[i:i + opts.batch_size]
+            g = g_tr.index(idx).trimmed()
+            target = yt[idx]
+            pred = net(g)
+            rel = (pred - target) / target  # relative error: MAPE is what counts
+            loss = torch.mean(rel ** 2) if opts.loss == "rel_mse" else torch.mean(rel.abs())
+            optim.zero_grad(set_to_none=True)
+            loss.backward()
+            optim.step()
+            total += float(loss.detach()) * len(idx)
+        sched.step()
+        dev_mape = _mape(model.predict_graphs(g_dev), y_dev)
+        if on_epoch:
+            on_epoch(epoch, {"train_loss": total / n, "dev_mape": dev_mape, "lr": sched.get_last_lr()[0]})
+        if dev_mape < best_dev - 1e-6:
+            best_dev, best_epoch, since = dev_mape, epoch, 0
+            best_state = copy.deepcopy(net.state_dict())
+        else:
+            since += 1
+            if since >= opts.patience:
+                break
+    net.load_state_dict(best_state)
+    net.eval()
+    return model, {"dev_mape": best_dev, "epochs": epoch, "best_epoch": best_epoch}
+
+
+# ===================================================================== checkpoints
+def checkpoint_dict(model: LatencyModel, opts: TrainOptions, data: dict, test_metrics: dict) -> dict:
+    sp = model.space
+    feat = model.featurizer if isinstance(model, TorchLatencyModel) else OpGraphFeaturizer(sp)
+    return {
+        "format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION,
+        "model": model.kind, "hparams": opts.hparams(), "state": model.state(),
+        "space": {"name": sp.name, "width_mult": float(getattr(sp, "width_mult", 0.0) or 0.0),
+                  "resolutions": [int(r) for r in sp.resolutions]},
+        "features": feat.signature(),
+        "target": {"name": "latency", "unit": "ms"},
+        "data": data, "test": {k: float(v) for k, v in test_metrics.items()},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "torch": str(torch.__version__),
+    }
+
+
+def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> Path:
+    """Atomic: a reader never sees half a checkpoint."""
+    from blockprof.fileio import atomic_write
+    return atomic_write(path, lambda tmp: torch.save(ckpt, tmp), durable=True)
+
+
+def load_checkpoint(path: str | os.PathLike, space: DesignSpace) -> tuple[LatencyModel, dict]:
+    """The model in a checkpoint, checked against `space` (name, width, feature layout)."""
+    from predictors.features import check_signature
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"cannot read latency predictor checkpoint {path}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}"[:300]) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a blockprof latency predictor checkpoint")
+    if ckpt.get("format_version") != CHECKPOINT_VERSION:
+        raise UserError(f"{path} has checkpoint format {ckpt.get('format_version')}, this code reads "
+                        f"{CHECKPOINT_VERSION}; retrain it with task=train_predictor")
+    sp = ckpt["space"]
+    width = float(getattr(space, "width_mult", 0.0) or 0.0)
+    if sp["name"] != space.name or not math.isclose(sp["width_mult"], width):
+        raise UserError(f"{path} was trained for space {sp['name']} (width {sp['width_mult']}), not "
+                        f"{space.name} (width {width}); point device.latency.checkpoint elsewhere or retrain")
+    feat = OpGraphFeaturizer(space)
+    why = check_signature(ckpt["features"], feat.signature(), str(path))
+    if why:
+        raise UserError(f"{why}; retrain it with task=train_predictor (or delete it to retrain on demand)")
+    hp = ckpt["hparams"]
+    model = build_model(ckpt["model"], space, {"hidden": hp["hidden"], "layers": hp["layers"]}
+                        if ckpt["model"] in ("gnn", "rnn") else None, featurizer=feat)
+    model.load_state(ckpt["state"])
+    return model, ckpt
+
+
+# ===================================================================== from a CSV, tracked
+def _sha256(path: Path) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _measure_noise(csv_path: Path) -> dict:
+    """The test-retest noise that task=measure recorded beside the CSV, if any."""
+    import json
+    meta = csv_path.with_name(csv_path.name + ".meta.json")
+    try:
+        r = json.loads(meta.read_text()).get("retest") or {}
+        return {k: float(v) for k, v in r.items() if k.startswith("retest_") and isinstance(v, (int, float))}
+    except (OSError, ValueError):
+        return {}
+
+
+def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str, opts: TrainOptions, seed: int,
+                   ckpt_path: str | os.PathLike, tracker, run_dir: str | os.PathLike, log_model: bool = True) -> dict:
+    """Read a seed-format CSV, split (seeded), fit with early stopping on dev MAPE, report on
+    test, save the checkpoint atomically, log everything to `tracker`."""
+    import pandas as pd
+    from blockprof.latency_csv import read_latency_csv
+    from predictors.report import fidelity, scatter_figure
+
+    csv_path, ckpt_path, run_dir = Path(csv_path), Path(ckpt_path), Path(run_dir)
+    recs = read_latency_csv(csv_path, space)
+    archs = [r.arch for r in recs]
+    y = np.array([r.latency_ms for r in recs])
+    tr, dv, te = split_indices(len(recs), np.random.default_rng(seed), opts.split)
+    pick = lambda idx: [archs[i] for i in idx]  # noqa: E731
+    tracker.log_params({f"train.{k}": v for k, v in opts.hparams().items()})
+    tracker.set_tags({"model": opts.model, "csv": str(csv_path)})
+    print(f"train_predictor: {opts.model} on {len(recs)} archs of {csv_path.name} "
+          f"(train {len(tr)} / dev {len(dv)} / test {len(te)})", flush=True)
+
+    def on_epoch(epoch, m):
+        tracker.log_metrics(m, step=epoch)
+
+    model, info = fit_model(space, opts, (pick(tr), y[tr]), (pick(dv), y[dv]), seed=seed, on_epoch=on_epoch)
+    pred = model.predict(archs)
+    test = fidelity(y[te], pred[te])
+    report = {**{f"test_{k}": v for k, v in test.items()},
+              **{f"dev_{k}": v for k, v in fidelity(y[dv], pred[dv]).items() if k in ("mape", "spearman")},
+              **{f"train_{k}": v for k, v in fidelity(y[tr], pred[tr]).items() if k in ("mape", "spearman")},
+              "train_seconds": info["train_seconds"], "epochs": info["epochs"], **_measure_noise(csv_path)}
+    data = {"csv": str(csv_path), "sha256": _sha256(csv_path), "device": device, "rows": len(recs),
+            "seed": int(seed), "split_sizes": [len(tr), len(dv), len(te)],
+            "latency_range_ms": [float(y.min()), float(y.max())]}
+    ckpt = checkpoint_dict(model, opts, data, test)
+    save_checkpoint(ckpt, ckpt_path)
+
+    tracker.log_metrics(report)
+    tracker.log_table(pd.DataFrame([{"model": opts.model, **report}]), "test_report.csv")
+    split = np.array(["train"] * len(recs), dtype=object)
+    split[dv], split[te] = "dev", "test"
+    tracker.log_table(pd.DataFrame({"net_id": [r.net_id for r in recs], "arch": [a.text for a in archs],
+                                    "resolution": [a.resolution for a in archs], "split": split,
+                                    "measured_ms": y, "predicted_ms": pred}), "predictions.csv")
+    fig = scatter_figure(y[te], pred[te], f"{space.name} / {device} / {opts.model}: test MAPE "
+                                           f"{test['mape']:.2f} %, rho {test['spearman']:.3f}")
+    tracker.log_figure(fig, "test_scatter.png")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    tracker.log_artifact(ckpt_path, "checkpoint")
+    if log_model:
+        from predictors.latency import log_mlflow_model
+        log_mlflow_model(tracker, ckpt_path)
+    print(f"train_predictor: test MAPE {test['mape']:.2f} %, Spearman {test['spearman']:.3f}, "
+          f"within +-10 % {test['within10']:.1f} % -> {ckpt_path}", flush=True)
+    return {"model": model, "test": test, "report": report, "checkpoint": ckpt_path, "info": info}

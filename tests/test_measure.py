@@ -1,0 +1,123 @@
+"""task=measure (real OFA subnets timed on this CPU, tiny settings) and the seed CSV reader."""
+from __future__ import annotations
+
+import json
+import re
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from blockprof.app import execute
+from blockprof.errors import UserError
+from blockprof.latency_csv import HEADER, read_latency_csv
+from blockprof.space import build_space
+from blockprof.tasks.measure import meta_path, rounds_path, sample_archs
+
+TINY = ["task=measure", "space=mbv3", "device=local_cpu", "space.resolutions=[160]", "task.warmup=0",
+        "task.rounds=2", "task.chunk_size=2", "task.references=1"]
+
+
+def test_measure_writes_seed_csv_and_resumes(cfg_factory, tmp_path):
+    csv = tmp_path / "lat.csv"
+    cfg = cfg_factory(*TINY, "task.num_archs=3", "task.retest_archs=2", f"task.csv={csv}", "tracking=local")
+    execute(cfg, run_dir=tmp_path / "run1")
+    first = read_latency_csv(csv, build_space("mbv3", resolutions=[160]))
+    assert [r.net_id for r in first] == [0, 1, 2]
+    assert all(r.device == "local_cpu" and r.latency_ms > 0 for r in first)
+    assert csv.read_text().splitlines()[0] == ",".join(HEADER)
+    meta = json.loads(meta_path(csv).read_text())
+    assert meta["machine"]["threads"] == 1 and meta["machine"]["cpu"] and meta["machine"]["torch"]
+    assert meta["protocol"]["stat"] == "median" and meta["protocol"]["clock"] == "cpu"
+    assert meta["protocol"]["rounds"] == 2 and meta["protocol"]["references"] == 1
+    assert len(meta["reference"]["baseline_ms"]) == 1 and min(meta["reference"]["baseline_ms"]) > 0
+    assert meta["sessions"][0]["drift_factor"]["min"] > 0
+    assert meta["retest"]["retest_n"] == 2 and 0 <= meta["retest"]["retest_within10"] <= 100
+    assert meta["retest"]["retest_mape"] >= 0
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
+    run = client.search_runs([client.get_experiment_by_name("blockprof").experiment_id])[0]
+    assert run.data.tags["task"] == "measure" and run.data.tags["machine.cpu"] == meta["machine"]["cpu"]
+    assert run.data.metrics["retest_mape"] == pytest.approx(meta["retest"]["retest_mape"])
+    mlflow.set_tracking_uri(None)
+
+    # a rerun with more archs keeps the measured rows and times only the new ids
+    cfg = cfg_factory(*TINY, "task.num_archs=5", "task.retest_archs=0", f"task.csv={csv}", "tracking=none")
+    execute(cfg, run_dir=tmp_path / "run2")
+    rows = read_latency_csv(csv, build_space("mbv3", resolutions=[160]))
+    assert [r.net_id for r in rows] == [0, 1, 2, 3, 4]
+    assert rows[:3] == first
+    meta = json.loads(meta_path(csv).read_text())
+    assert [s["already_measured"] for s in meta["sessions"]] == [0, 3]
+    assert [s["measured"] for s in meta["sessions"]] == [3, 2]
+    rounds = rounds_path(csv).read_text().splitlines()
+    measured = [line.split(",")[0] for line in rounds if ",measure," in line]
+    assert sorted(int(i) for i in measured if int(i) >= 0) == [0, 1, 2, 3, 4]
+    assert sum(1 for i in measured if int(i) == -1) == 3  # the reference, timed in every chunk
+    assert sum(1 for line in rounds if ",retest," in line and not line.startswith("-")) == 2
+
+
+def test_measure_refuses_to_mix_samples_or_protocols(cfg_factory, tmp_path):
+    csv = tmp_path / "lat.csv"
+    execute(cfg_factory(*TINY, "task.num_archs=1", "task.retest_archs=0", f"task.csv={csv}", "tracking=none"),
+            run_dir=tmp_path / "r1")
+    with pytest.raises(UserError, match="measured from another sample"):
+        execute(cfg_factory(*TINY, "seed=1", "task.num_archs=2", "task.retest_archs=0", f"task.csv={csv}",
+                            "tracking=none"), run_dir=tmp_path / "r2")
+    with pytest.raises(UserError, match="measured with protocol"):
+        execute(cfg_factory(*TINY, "task.clock=wall", "task.num_archs=2", "task.retest_archs=0", f"task.csv={csv}",
+                            "tracking=none"), run_dir=tmp_path / "r3")
+    assert len(read_latency_csv(csv, build_space("mbv3", resolutions=[160]))) == 1
+
+
+def test_measure_needs_a_local_device_and_a_sound_clock(cfg_factory, tmp_path):
+    with pytest.raises(UserError, match="device=local_cpu"):
+        execute(cfg_factory("task=measure", "device=npu", "tracking=none"), run_dir=tmp_path / "r")
+    with pytest.raises(UserError, match="needs hw cpu and 1 thread"):
+        execute(cfg_factory(*TINY, "task.threads=2", "tracking=none"), run_dir=tmp_path / "r")
+
+
+def test_sampling_is_prefix_stable_and_balanced():
+    sp = build_space("mbv3")
+    a, b = sample_archs(sp, 7, 25), sample_archs(sp, 7, 40)
+    assert a == b[:25] and len(set(b)) == 40
+    counts = np.unique([x.resolution for x in b], return_counts=True)[1]
+    assert list(counts) == [8] * 5
+    assert sample_archs(sp, 8, 5) != a[:5]
+
+
+# ------------------------------------------------------------------ seed CSV reader: each malformed kind
+GOOD = "mbconv3_e6_k7->mbconv3_e4_k5|mbconv3_e3_k3->mbconv3_e3_k3|mbconv3_e3_k3->mbconv3_e3_k3|" \
+       "mbconv3_e3_k3->mbconv3_e3_k3|mbconv3_e3_k3->mbconv3_e3_k3"
+
+
+@pytest.mark.parametrize("row,needle", [
+    (f"1,{GOOD},npu,224,us", "expected 6 fields, found 5"),
+    (f"1,{GOOD.replace('e4_k5', 'e5_k5')},npu,224,us,100", "unknown block 'mbconv3_e5_k5' at unit 0 layer 1"),
+    (f"1,{GOOD.rsplit('|', 1)[0]},npu,224,us,100", "arch has 4 units, space has 5"),
+    (f"1,{GOOD},npu,224,us,fast", "latency 'fast' is not a number"),
+    (f"1,{GOOD},npu,224,us,-3", "must be a positive number"),
+    (f"1,{GOOD},npu,224,minutes,100", "latency unit 'minutes'"),
+    (f"1,{GOOD},npu,225,us,100", "resolution 225 is not in space mbv3"),
+    (f"x,{GOOD},npu,224,us,100", "net_id 'x' is not an integer"),
+    (f"0,{GOOD},npu,224,us,100", "duplicate net_id 0"),
+    ("1,mbconv3_e6_k7|mbconv3_e3_k3->mbconv3_e3_k3|mbconv3_e3_k3->mbconv3_e3_k3|mbconv3_e3_k3->mbconv3_e3_k3|"
+     "mbconv3_e3_k3->mbconv3_e3_k3,npu,224,us,100", "unit 0 has 1 layers, allowed 2..4"),
+])
+def test_reader_names_file_and_line_of_each_malformed_kind(tmp_path, row, needle):
+    path = tmp_path / "bad.csv"
+    path.write_text(",".join(HEADER) + f"\n0,{GOOD},npu,224,us,12345.6\n{row}\n")
+    with pytest.raises(UserError, match=re.escape(needle)) as exc:
+        read_latency_csv(path, build_space("mbv3"))
+    assert str(exc.value).startswith(f"{path}:3: ") and "\n" not in str(exc.value)
+
+
+def test_reader_header_and_units(tmp_path):
+    path = tmp_path / "h.csv"
+    path.write_text("net_id,net_str,resolution\n")
+    with pytest.raises(UserError, match=re.escape(f"{path}:1: header lacks column(s)")):
+        read_latency_csv(path, build_space("mbv3"))
+    path.write_text(",".join(HEADER) + f"\n0,{GOOD},npu,224,us,12345.6\n1,{GOOD},npu,160,s,0.5\n")
+    recs = read_latency_csv(path, build_space("mbv3"))
+    assert [r.latency_ms for r in recs] == pytest.approx([12.3456, 500.0])
