@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blockprof.errors import UserError
+from blockprof.fileio import sha256_file
 
 URL_BASE = "https://raw.githubusercontent.com/han-cai/files/master/"
 MIRROR_ENV = "BLOCKPROF_ASSET_MIRROR"
@@ -49,14 +50,6 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/blockprof").expanduser()
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # Files already verified in this process, keyed on (path, size, mtime): tables are
 # resolved many times per run, and re-hashing them each time is wasted work.
 _verified: set[tuple[str, int, int]] = set()
@@ -66,7 +59,7 @@ def _verify(path: Path, asset: Asset, origin: str) -> Path:
     st = path.stat()
     key = (str(path), st.st_size, st.st_mtime_ns)
     if key not in _verified:
-        if _sha256(path) != asset.sha256:
+        if sha256_file(path) != asset.sha256:
             raise UserError(
                 f"asset {asset.relpath}: checksum mismatch in {origin} file {path} "
                 f"(expected sha256 {asset.sha256}); delete or replace it with {asset.url}"

@@ -2,6 +2,7 @@
 new one, never half of one. The one place every task writes results through."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -53,3 +54,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], durabl
 
 def atomic_write_text(path: str | os.PathLike, text: str, durable: bool = False) -> Path:
     return atomic_write(path, lambda p: Path(p).write_text(text), durable=durable)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

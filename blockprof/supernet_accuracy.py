@@ -36,7 +36,7 @@ import torch
 
 from blockprof.assets import DOWNLOAD_TIMEOUT_S, MIRROR_ENV, default_cache_dir
 from blockprof.errors import UserError
-from blockprof.fileio import atomic_write
+from blockprof.fileio import atomic_write, sha256_file
 from blockprof.imagenet import (
     EVAL_TRANSFORM, FastVal, FolderVal, calibration_images, check_imagenet, describe_difference, normalize, scan_split,
 )
@@ -134,14 +134,6 @@ def resolve_checkpoint(supernet: str, checkpoint_dir: str | None = None, cache_d
                         f"{ck.url} and place it at {cached}, or set metric.accuracy.checkpoint_dir to a folder "
                         f"holding {ck.filename}") from None
     return cached
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_ofa_checkpoint(net: torch.nn.Module, path: Path) -> Path:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from blockprof.errors import UserError
+from blockprof.fileio import sha256_file
 from blockprof.space import Arch, DesignSpace
 from predictors.features import OpGraphFeaturizer
 from predictors.models import MODEL_KINDS, AdditiveModel, LatencyModel, TorchLatencyModel, build_model
@@ -229,14 +230,6 @@ def load_checkpoint(path: str | os.PathLike, space: DesignSpace) -> tuple[Latenc
 
 
 # ===================================================================== from a CSV, tracked
-def _sha256(path: Path) -> str:
-    import hashlib
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _measure_noise(csv_path: Path) -> dict:
     """The test-retest noise that task=measure recorded beside the CSV, if any."""
@@ -278,7 +271,7 @@ def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str,
               **{f"dev_{k}": v for k, v in fidelity(y[dv], pred[dv]).items() if k in ("mape", "spearman")},
               **{f"train_{k}": v for k, v in fidelity(y[tr], pred[tr]).items() if k in ("mape", "spearman")},
               "train_seconds": info["train_seconds"], "epochs": info["epochs"], **_measure_noise(csv_path)}
-    data = {"csv": str(csv_path), "sha256": _sha256(csv_path), "device": device, "rows": len(recs),
+    data = {"csv": str(csv_path), "sha256": sha256_file(csv_path), "device": device, "rows": len(recs),
             "seed": int(seed), "split_sizes": [len(tr), len(dv), len(te)],
             "latency_range_ms": [float(y.min()), float(y.max())]}
     ckpt = checkpoint_dict(model, opts, data, test)
