@@ -47,7 +47,7 @@ def _hydra_cfg(cfg: DictConfig | None = None):
         return None
 
 
-def _abs(path: str | os.PathLike, cfg: DictConfig | None = None) -> Path:
+def resolve_path(path: str | os.PathLike, cfg: DictConfig | None = None) -> Path:
     """Absolute path; relative ones are taken from the launch directory (Hydra may
     have changed the working directory to the job's folder)."""
     p = Path(str(path)).expanduser()
@@ -60,7 +60,7 @@ def _abs(path: str | os.PathLike, cfg: DictConfig | None = None) -> Path:
 
 def resolve_output_root(cfg: DictConfig) -> Path:
     """``cfg.paths.output_root`` as an absolute path."""
-    return _abs(cfg.paths.output_root, cfg)
+    return resolve_path(cfg.paths.output_root, cfg)
 
 
 def _backend(cfg: DictConfig) -> str:
@@ -82,7 +82,7 @@ def _store(cfg: DictConfig) -> tuple[str, str | None]:
     uri = str(t.uri) if t.get("uri") else f"sqlite:///{root / 'mlflow.db'}"
     # Explicit and absolute: MLflow would otherwise fix it relative to the cwd of
     # whichever process created the experiment.
-    art = _abs(t.artifact_root, cfg) if t.get("artifact_root") else root / "mlartifacts"
+    art = resolve_path(t.artifact_root, cfg) if t.get("artifact_root") else root / "mlartifacts"
     return uri, art.as_uri()
 
 
@@ -202,7 +202,7 @@ def _sweep_tags() -> dict[str, str]:
         hc = HydraConfig.get()
         if hc.mode != RunMode.MULTIRUN:
             return {}
-        return {"sweep": str(_abs(hc.sweep.dir)), "sweep_job": str(hc.job.num),
+        return {"sweep": str(resolve_path(hc.sweep.dir)), "sweep_job": str(hc.job.num),
                 "overrides": ",".join(hc.overrides.task)[:MAX_PARAM_LEN]}
     except Exception:  # HydraConfig unset (tests, plain scripts)
         return {}
@@ -337,6 +337,11 @@ class RunTracker:
             print(f"tracking: could not write {self.run_dir / MARKER} ({_reason(e)})", file=sys.stderr)
 
     # -- logging API
+    def call_mlflow(self, fn) -> Any:
+        """Run ``fn(mlflow)`` under the tracker's guard (e.g. logging a model): a failure
+        turns tracking off with one line, never fails the task."""
+        return self._call(fn)
+
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         values, ts = {k: float(v) for k, v in metrics.items()}, int(time.time() * 1000)
         self._record("metrics", [(k, v, step or 0, ts) for k, v in values.items()],

@@ -14,7 +14,7 @@ import numpy as np
 from blockprof.errors import UserError
 from blockprof.metrics import Metric
 from blockprof.space import Arch, DesignSpace
-from blockprof.tracking import _abs
+from blockprof.tracking import resolve_path
 from predictors.models import LatencyModel
 
 SEED_DATA_URL = "https://drive.google.com/drive/folders/1qUqWzc3D3-1LmRxqQiy6u4CRWsmOymuF"
@@ -64,7 +64,7 @@ class _TrainOnFirstUse(Metric):
 
 def missing_data_message(cfg, space: DesignSpace, csv_path: Path) -> str:
     return (f"no latency data for space {space.name} on device {cfg.device.name}: expected the CSV {csv_path} "
-            f"(or a trained predictor at {_abs(cfg.device.latency.checkpoint, cfg)}). The seed's authors published "
+            f"(or a trained predictor at {resolve_path(cfg.device.latency.checkpoint, cfg)}). The seed's authors published "
             f"their NPU/GPU/CPU CSVs ({SEED_DATA_URL}, linked from the paper's code README); or measure your own "
             f"with `python run.py task=measure space={space.name} device=local_cpu`")
 
@@ -72,8 +72,8 @@ def missing_data_message(cfg, space: DesignSpace, csv_path: Path) -> str:
 def load_latency_predictor(cfg, space: DesignSpace) -> Metric:
     """The `latency` metric of a predictor device (see module docstring)."""
     lat = cfg.device.latency
-    ckpt_path = _abs(lat.checkpoint, cfg)
-    csv_path = _abs(lat.csv, cfg)
+    ckpt_path = resolve_path(lat.checkpoint, cfg)
+    csv_path = resolve_path(lat.csv, cfg)
     kind = str(lat.get("model", "gnn"))
     if ckpt_path.is_file():
         from predictors.train import load_checkpoint
@@ -161,4 +161,4 @@ def log_mlflow_model(tracker, ckpt_path: Path) -> None:
             mlflow.pyfunc.log_model(name="latency_predictor", python_model=_pyfunc_model(),
                                     artifacts={"checkpoint": str(ckpt_path)},
                                     pip_requirements=["torch", "numpy", "ofa", "blockprof"])
-    tracker._call(log)  # the tracker's guarded call: a failure turns tracking off, never the task
+    tracker.call_mlflow(log)

@@ -70,7 +70,7 @@ from blockprof.latency_csv import LatencyCSVWriter, read_latency_csv
 from blockprof.metrics import machine_info
 from blockprof.progress import progress
 from blockprof.space import Arch, DesignSpace
-from blockprof.tracking import _abs
+from blockprof.tracking import resolve_path
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,7 @@ def run(ctx, tracker):
     n = int(t.num_archs)
     if n < 1:
         raise UserError(f"task.num_archs must be >= 1, not {t.num_archs}")
-    csv_path = _abs(t.csv or lat.csv, cfg)
+    csv_path = resolve_path(t.csv or lat.csv, cfg)
     mpath = meta_path(csv_path)
     meta = json.loads(mpath.read_text()) if mpath.is_file() else None
     if meta is not None:

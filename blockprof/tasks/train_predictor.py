@@ -10,7 +10,7 @@ per-epoch metrics, a test report and a predicted-vs-measured scatter in MLflow.
 from __future__ import annotations
 
 from blockprof.errors import UserError
-from blockprof.tracking import _abs
+from blockprof.tracking import resolve_path
 
 
 def run(ctx, tracker):
@@ -22,13 +22,13 @@ def run(ctx, tracker):
     if "csv" not in lat and not t.get("csv"):
         raise UserError(f"device {cfg.device.name} has no latency CSV (device.latency.csv); "
                         "pick npu, gpu, cpu, local_cpu or local_cuda, or set task.csv")
-    csv_path = _abs(t.get("csv") or lat.csv, cfg)
+    csv_path = resolve_path(t.get("csv") or lat.csv, cfg)
     model = t.get("model") or lat.get("model", "gnn")
     default_ckpt = str(lat.get("checkpoint", "")).replace(f"_{lat.get('model', 'gnn')}.pt", f"_{model}.pt")
     ckpt = t.get("checkpoint") or default_ckpt
     if not ckpt:
         raise UserError("set task.checkpoint: where to write the trained predictor")
-    ckpt_path = _abs(ckpt, cfg)
+    ckpt_path = resolve_path(ckpt, cfg)
     if not csv_path.is_file():
         raise UserError(missing_data_message(cfg, ctx.space, csv_path))
     keys = ("split", "max_epochs", "patience", "batch_size", "lr", "weight_decay", "hidden", "layers", "ridge",
