@@ -30,10 +30,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from blockprof.layers import (
+from blockprof.core.layers import (
     BottleneckLayer, ConvLayer, Layer, LinearLayer, MBConvLayer, PoolLayer, layer_macs, layer_params,
 )
-from blockprof.space import Arch, DesignSpace, MBConvSpace, ResNetSpace, SlotEncoding
+from blockprof.core.space import Arch, DesignSpace, MBConvSpace, ResNetSpace, SlotEncoding
 
 FEATURE_VERSION = 1
 KINDS = ("conv", "mbconv", "bottleneck", "pool", "linear", "stem")

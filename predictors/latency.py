@@ -11,11 +11,11 @@ from typing import Sequence
 
 import numpy as np
 
-from blockprof.errors import UserError
-from blockprof.metrics import Metric
-from blockprof.space import Arch, DesignSpace
-from blockprof.tracking import resolve_path
-from predictors.models import LatencyModel
+from blockprof.common.errors import UserError
+from blockprof.metrics.base import Metric
+from blockprof.core.space import Arch, DesignSpace
+from blockprof.infra.tracking import resolve_path
+from blockprof.predictors.models import LatencyModel
 
 SEED_DATA_URL = "https://drive.google.com/drive/folders/1qUqWzc3D3-1LmRxqQiy6u4CRWsmOymuF"
 
@@ -76,7 +76,7 @@ def load_latency_predictor(cfg, space: DesignSpace) -> Metric:
     csv_path = resolve_path(lat.csv, cfg)
     kind = str(lat.get("model", "gnn"))
     if ckpt_path.is_file():
-        from predictors.train import load_checkpoint
+        from blockprof.predictors.train import load_checkpoint
         model, ckpt = load_checkpoint(ckpt_path, space)
         if ckpt["model"] != kind:
             raise UserError(f"{ckpt_path} holds a '{ckpt['model']}' predictor but device.latency.model is '{kind}'")
@@ -84,16 +84,16 @@ def load_latency_predictor(cfg, space: DesignSpace) -> Metric:
                                 threads=int(lat.get("infer_threads", 1)))
     if not csv_path.is_file():
         raise UserError(missing_data_message(cfg, space, csv_path))
-    from blockprof.latency_csv import read_latency_csv
+    from blockprof.core.latency_csv import read_latency_csv
     read_latency_csv(csv_path, space)  # a malformed CSV fails now, before any run opens
-    from predictors.train import TrainOptions
+    from blockprof.predictors.train import TrainOptions
     TrainOptions.from_config(lat.get("train"), model=kind)  # and so do bad training options
     return _TrainOnFirstUse(cfg, space, csv_path, ckpt_path)
 
 
 def _train_now(cfg, space, csv_path: Path, ckpt_path: Path) -> PredictedLatency:
-    from blockprof.tracking import track_run
-    from predictors.train import TrainOptions, train_from_csv
+    from blockprof.infra.tracking import track_run
+    from blockprof.predictors.train import TrainOptions, train_from_csv
     lat = cfg.device.latency
     opts = TrainOptions.from_config(lat.get("train"), model=str(lat.get("model", "gnn")))
     run_dir = _nested_run_dir(cfg)
@@ -106,7 +106,7 @@ def _train_now(cfg, space, csv_path: Path, ckpt_path: Path) -> PredictedLatency:
 
 
 def _nested_run_dir(cfg) -> Path:
-    from blockprof.app import run_dir_of
+    from blockprof.app.main import run_dir_of
     try:
         from hydra.core.hydra_config import HydraConfig
         if HydraConfig.initialized():
@@ -123,8 +123,8 @@ class _LatencyPyfuncImpl:
 
     def load_context(self, context):
         import torch
-        from blockprof.space import build_space
-        from predictors.train import load_checkpoint
+        from blockprof.core.space import build_space
+        from blockprof.predictors.train import load_checkpoint
         path = context.artifacts["checkpoint"]
         sp = torch.load(path, map_location="cpu", weights_only=True)["space"]
         self.space = build_space(sp["name"], resolutions=sp["resolutions"], width_mult=sp["width_mult"] or None)

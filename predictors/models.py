@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from blockprof.metrics import mmacs_metric
-from blockprof.space import Arch, DesignSpace
-from predictors.features import GraphBatch, OpGraphFeaturizer
+from blockprof.metrics.analytic import mmacs_metric
+from blockprof.core.space import Arch, DesignSpace
+from blockprof.predictors.features import GraphBatch, OpGraphFeaturizer
 
 MODEL_KINDS = ("gnn", "rnn", "linear", "additive")
 
@@ -266,7 +266,7 @@ class AdditiveModel(LatencyModel):
 
 
 def _macs(layer):
-    from blockprof.layers import layer_macs
+    from blockprof.core.layers import layer_macs
     return float(layer_macs(layer))
 
 
@@ -278,5 +278,5 @@ def build_model(kind: str, space: DesignSpace, hparams: dict | None = None,
         return LinearMACsModel(space, hparams)
     if kind == "additive":
         return AdditiveModel(space, hparams)
-    from blockprof.errors import UserError
+    from blockprof.common.errors import UserError
     raise UserError(f"unknown latency model '{kind}' (choose from {list(MODEL_KINDS)})")

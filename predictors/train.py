@@ -17,11 +17,11 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from blockprof.errors import UserError
-from blockprof.fileio import sha256_file
-from blockprof.space import Arch, DesignSpace
-from predictors.features import OpGraphFeaturizer
-from predictors.models import MODEL_KINDS, AdditiveModel, LatencyModel, TorchLatencyModel, build_model
+from blockprof.common.errors import UserError
+from blockprof.common.fileio import sha256_file
+from blockprof.core.space import Arch, DesignSpace
+from blockprof.predictors.features import OpGraphFeaturizer
+from blockprof.predictors.models import MODEL_KINDS, AdditiveModel, LatencyModel, TorchLatencyModel, build_model
 CHECKPOINT_FORMAT = "blockprof.latency_predictor"
 CHECKPOINT_VERSION = 1
 
@@ -195,13 +195,13 @@ def checkpoint_dict(model: LatencyModel, opts: TrainOptions, data: dict, test_me
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> Path:
     """Atomic: a reader never sees half a checkpoint."""
-    from blockprof.fileio import atomic_write
+    from blockprof.common.fileio import atomic_write
     return atomic_write(path, lambda tmp: torch.save(ckpt, tmp), durable=True)
 
 
 def load_checkpoint(path: str | os.PathLike, space: DesignSpace) -> tuple[LatencyModel, dict]:
     """The model in a checkpoint, checked against `space` (name, width, feature layout)."""
-    from predictors.features import check_signature
+    from blockprof.predictors.features import check_signature
     path = Path(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -247,8 +247,8 @@ def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str,
     """Read a seed-format CSV, split (seeded), fit with early stopping on dev MAPE, report on
     test, save the checkpoint atomically, log everything to `tracker`."""
     import pandas as pd
-    from blockprof.latency_csv import read_latency_csv
-    from predictors.report import fidelity, scatter_figure
+    from blockprof.core.latency_csv import read_latency_csv
+    from blockprof.predictors.report import fidelity, scatter_figure
 
     csv_path, ckpt_path, run_dir = Path(csv_path), Path(ckpt_path), Path(run_dir)
     recs = read_latency_csv(csv_path, space)
@@ -291,7 +291,7 @@ def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str,
     plt.close(fig)
     tracker.log_artifact(ckpt_path, "checkpoint")
     if log_model:
-        from predictors.latency import log_mlflow_model
+        from blockprof.predictors.latency import log_mlflow_model
         log_mlflow_model(tracker, ckpt_path)
     print(f"train_predictor: test MAPE {test['mape']:.2f} %, Spearman {test['spearman']:.3f}, "
           f"within +-10 % {test['within10']:.1f} % -> {ckpt_path}", flush=True)

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 import yaml
 
-from blockprof.assets import resolve_asset
-from blockprof.metrics import OFAAccuracyPredictor, mmacs_metric, note10_latency, params_metric
-from blockprof.space import build_space
+from blockprof.common.assets import resolve_asset
+from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
+from blockprof.metrics.analytic import mmacs_metric, params_metric
+from blockprof.metrics.lut import note10_latency
+from blockprof.core.space import build_space
 
 
 def rate(fn, n_items: int, repeats: int) -> float:

@@ -28,13 +28,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from a clone without installing
     sys.path.insert(0, str(ROOT))
 
-from blockprof.latency_csv import read_latency_csv, write_latency_csv  # noqa: E402
-from blockprof.metrics import note10_latency  # noqa: E402
-from blockprof.space import build_space  # noqa: E402
-from predictors.features import OpGraphFeaturizer  # noqa: E402
-from predictors.models import MODEL_KINDS  # noqa: E402
-from predictors.report import fidelity  # noqa: E402
-from predictors.train import TrainOptions, fit_model, split_indices  # noqa: E402
+from blockprof.core.latency_csv import read_latency_csv, write_latency_csv  # noqa: E402
+from blockprof.metrics.lut import note10_latency  # noqa: E402
+from blockprof.core.space import build_space  # noqa: E402
+from blockprof.predictors.features import OpGraphFeaturizer  # noqa: E402
+from blockprof.predictors.models import MODEL_KINDS  # noqa: E402
+from blockprof.predictors.report import fidelity  # noqa: E402
+from blockprof.predictors.train import TrainOptions, fit_model, split_indices  # noqa: E402
 
 
 def make_note10_csv(path: Path, space, n: int, seed: int) -> Path:

@@ -18,9 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from blockprof.metrics import OFAAccuracyPredictor, mmacs_metric, note10_latency, params_metric, score
-from blockprof.profiling import base_archs, group_archs, make_groups, samples_frame, summarise
-from blockprof.space import build_space
+from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
+from blockprof.metrics.analytic import mmacs_metric, params_metric
+from blockprof.metrics.lut import note10_latency
+from blockprof.metrics.base import score
+from blockprof.app.profiling import base_archs, group_archs, make_groups, samples_frame, summarise
+from blockprof.core.space import build_space
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,7 +40,7 @@ def core(space, metrics, n, seed=0):
 
 def end_to_end(n):
     from hydra import compose, initialize_config_dir
-    from blockprof.app import execute
+    from blockprof.app.main import execute
 
     with tempfile.TemporaryDirectory() as tmp, initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[f"task.num_archs={n}", "tracking=none", f"paths.output_root={tmp}"])

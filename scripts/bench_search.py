@@ -55,7 +55,7 @@ def job(args: tuple[str, int, list[str], str]) -> dict:
     """One search run in a worker: returns its scored archs' objectives and timing."""
     import torch
     torch.set_num_threads(1)  # two workers on two cores
-    from blockprof.app import execute
+    from blockprof.app.main import execute
     label, seed, overrides, out = args
     cfg = _compose([*COMMON, f"seed={seed}", *overrides], Path(out))
     t0 = time.perf_counter()
@@ -69,7 +69,7 @@ def job(args: tuple[str, int, list[str], str]) -> dict:
 
 def profile_run(out: Path) -> tuple[Path, int, float]:
     """One real block-profiling run (task=profile), for the from_profile space."""
-    from blockprof.app import execute
+    from blockprof.app.main import execute
     folder = out / "profile"
     cfg = _compose(["space=mbv3", "device=note10", "tracking=none", "task=profile", "task.num_archs=50", "seed=0"], out)
     t0 = time.perf_counter()
@@ -93,7 +93,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--generations", type=int, default=500, help="generations of the OFA std evolution reference")
     a = ap.parse_args()
-    from search.pareto import best_under, hypervolume
+    from blockprof.search.pareto import best_under, hypervolume
 
     t_start = time.perf_counter()
     out = Path(tempfile.mkdtemp(prefix="bench_search-"))

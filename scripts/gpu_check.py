@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blockprof.imagenet import preprocess_val, write_synthetic_imagefolder
-from blockprof.metrics import MeasuredLatency, machine_info
-from blockprof.space import build_space
-from blockprof.supernet_accuracy import CHECKPOINTS, SupernetAccuracy, save_ofa_checkpoint
+from blockprof.metrics.imagenet import preprocess_val, write_synthetic_imagefolder
+from blockprof.metrics.measured import MeasuredLatency, machine_info
+from blockprof.core.space import build_space
+from blockprof.metrics.supernet_accuracy import CHECKPOINTS, SupernetAccuracy, save_ofa_checkpoint
 
 N_CLASSES = 10
 

@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from blockprof.errors import UserError
-from blockprof.imagenet import preprocess_val
+from blockprof.common.errors import UserError
+from blockprof.metrics.imagenet import preprocess_val
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from blockprof.fileio import atomic_write_text
+from blockprof.common.fileio import atomic_write_text
 
 FORMAT = 2
 

@@ -16,8 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from blockprof.metrics import Metric
-from blockprof.space import Arch
+from blockprof.metrics.base import Metric
+from blockprof.core.space import Arch
 
 
 def arch_key(a: Arch) -> str:

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from blockprof.space import DesignSpace, MBConvSpace, ResNetSpace
+from blockprof.core.space import DesignSpace, MBConvSpace, ResNetSpace
 
 Unit = tuple  # a unit's layer tokens
 

@@ -16,6 +16,8 @@ Schema (one list entry per unit): `unit_candidates` (MBConv block names) or
 """
 from __future__ import annotations
 
+import importlib.resources
+
 import math
 import re
 import tempfile
@@ -27,12 +29,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from blockprof.errors import UserError
-from blockprof.space import DesignSpace
-from search.family import FamilyOps, family_ops
-from search.pareto import non_dominated
+from blockprof.common.errors import UserError
+from blockprof.core.space import DesignSpace
+from blockprof.search.family import FamilyOps, family_ops
+from blockprof.search.pareto import non_dominated
 
-INSIGHT_DIR = Path(__file__).resolve().parents[1] / "conf" / "insight"
+INSIGHT_DIR = Path(str(importlib.resources.files("blockprof.conf") / "insight"))
 SPACE_FILE_ALIAS = {"mbv3_w10": "mbv3"}  # same block tokens and unit structure
 META_KEYS = {"space", "profile", "source", "rule", "evidence"}
 SCHEMA_KEYS = {"unit_candidates", "unit_width_indices", "unit_mutate_probs", "max_layers", "min_layers"}
@@ -238,7 +240,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
 def _summary_from_mlflow(run_id: str, cfg) -> tuple[pd.DataFrame, str]:
     if cfg is None:
         raise UserError(f"search.profile_run '{run_id}' looks like an MLflow run id, but no tracking config was given")
-    from blockprof.tracking import _store  # the same store this run tracks to
+    from blockprof.infra.tracking import _store  # the same store this run tracks to
     uri, _ = _store(cfg)
     try:
         from mlflow.tracking import MlflowClient

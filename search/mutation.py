@@ -17,10 +17,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from blockprof.errors import UserError
-from blockprof.space import Arch, DesignSpace
-from search.family import family_ops
-from search.insight import InsightProfile, profile_fits
+from blockprof.common.errors import UserError
+from blockprof.core.space import Arch, DesignSpace
+from blockprof.search.family import family_ops
+from blockprof.search.insight import InsightProfile, profile_fits
 
 PICK_CAP = 1000  # redraws of the unit selection before giving up on one mutation
 

@@ -12,10 +12,10 @@ from typing import Callable
 
 import numpy as np
 
-from blockprof.errors import UserError
-from blockprof.progress import progress
-from search.checkpoint import Checkpoint
-from search.strategies import Strategy
+from blockprof.common.errors import UserError
+from blockprof.common.progress import progress
+from blockprof.search.checkpoint import Checkpoint
+from blockprof.search.strategies import Strategy
 
 
 @dataclass

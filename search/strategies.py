@@ -22,12 +22,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
-from blockprof.errors import UserError
-from blockprof.space import Arch
-from search.evaluator import Evaluator
-from search.insight import FromProfileRule
-from search.mutation import Mutator, mutate_archs
-from search.pareto import best_under, front_order, hypervolume, non_dominated, pareto_layers
+from blockprof.common.errors import UserError
+from blockprof.core.space import Arch
+from blockprof.search.evaluator import Evaluator
+from blockprof.search.insight import FromProfileRule
+from blockprof.search.mutation import Mutator, mutate_archs
+from blockprof.search.pareto import best_under, front_order, hypervolume, non_dominated, pareto_layers
 
 ACCURACY = "accuracy"
 FEASIBLE_EPS = 1e-9

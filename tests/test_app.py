@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from blockprof.app import execute
-from blockprof.errors import UserError
-from blockprof.latency_csv import write_latency_csv
-from blockprof.space import build_space
+from blockprof.app.main import execute
+from blockprof.common.errors import UserError
+from blockprof.core.latency_csv import write_latency_csv
+from blockprof.core.space import build_space
 
 from conftest import REPO, run_cli
 

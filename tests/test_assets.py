@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from blockprof import assets
-from blockprof.assets import ASSETS, load_torch_asset, load_yaml_asset, resolve_asset
-from blockprof.errors import UserError
+from blockprof.common import assets
+from blockprof.common.assets import ASSETS, load_torch_asset, load_yaml_asset, resolve_asset
+from blockprof.common.errors import UserError
 
 MIRROR = Path(os.environ.get("BLOCKPROF_ASSET_MIRROR")
               or Path(__file__).resolve().parents[1].parent / "shared" / "assets")

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from blockprof.app import execute
-from blockprof.errors import UserError
-from blockprof.latency_csv import HEADER, read_latency_csv
-from blockprof.space import build_space
-from blockprof.tasks.measure import meta_path, rounds_path, sample_archs
+from blockprof.app.main import execute
+from blockprof.common.errors import UserError
+from blockprof.core.latency_csv import HEADER, read_latency_csv
+from blockprof.core.space import build_space
+from blockprof.app.tasks.measure import meta_path, rounds_path, sample_archs
 
 TINY = ["task=measure", "space=mbv3", "device=local_cpu", "space.resolutions=[160]", "task.warmup=0",
         "task.rounds=2", "task.chunk_size=2", "task.references=1"]

@@ -5,11 +5,12 @@ import pytest
 import torch
 import yaml
 
-from blockprof.errors import UserError
-from blockprof.metrics import (
-    MeasuredLatency, OFAAccuracyPredictor, ProxylessMobileLatency, mmacs_metric, note10_latency, params_metric,
-)
-from blockprof.space import build_space
+from blockprof.common.errors import UserError
+from blockprof.metrics.measured import MeasuredLatency
+from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
+from blockprof.metrics.lut import ProxylessMobileLatency, note10_latency
+from blockprof.metrics.analytic import mmacs_metric, params_metric
+from blockprof.core.space import build_space
 
 from conftest import SHARED_ASSETS
 

@@ -9,16 +9,17 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from blockprof.app import execute
-from blockprof.errors import UserError
-from blockprof.latency_csv import write_latency_csv
-from blockprof.layers import layer_macs
-from blockprof.metrics import build_metrics, note10_latency
-from blockprof.space import build_space
-from predictors.features import NUMERIC, OpGraphFeaturizer
-from predictors.latency import SEED_DATA_URL, PredictedLatency
-from predictors.models import build_model
-from predictors.train import TrainOptions, fit_model, load_checkpoint, save_checkpoint, split_indices
+from blockprof.app.main import execute
+from blockprof.common.errors import UserError
+from blockprof.core.latency_csv import write_latency_csv
+from blockprof.core.layers import layer_macs
+from blockprof.app.metric_factory import build_metrics
+from blockprof.metrics.lut import note10_latency
+from blockprof.core.space import build_space
+from blockprof.predictors.features import NUMERIC, OpGraphFeaturizer
+from blockprof.predictors.latency import SEED_DATA_URL, PredictedLatency
+from blockprof.predictors.models import build_model
+from blockprof.predictors.train import TrainOptions, fit_model, load_checkpoint, save_checkpoint, split_indices
 
 from conftest import run_cli
 

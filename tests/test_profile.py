@@ -5,10 +5,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from blockprof.app import execute
-from blockprof.errors import UserError
-from blockprof.metrics import MeasuredLatency
-from blockprof.profiling import QUANTILES
+from blockprof.app.main import execute
+from blockprof.common.errors import UserError
+from blockprof.metrics.measured import MeasuredLatency
+from blockprof.app.profiling import QUANTILES
 
 from conftest import run_cli
 

@@ -16,19 +16,22 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from blockprof.app import execute
-from blockprof.errors import UserError
-from blockprof.metrics import OFAAccuracyPredictor, mmacs_metric, note10_latency, score
-from blockprof.space import Arch, build_space
-from blockprof.tracking import track_run
-from search.checkpoint import Checkpoint
-from search.evaluator import Evaluator
-from search.family import family_ops
-from search.insight import (FromProfileRule, derive_from_summary, load_insight, named_profile, named_profiles,
+from blockprof.app.main import execute
+from blockprof.common.errors import UserError
+from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
+from blockprof.metrics.analytic import mmacs_metric
+from blockprof.metrics.lut import note10_latency
+from blockprof.metrics.base import score
+from blockprof.core.space import Arch, build_space
+from blockprof.infra.tracking import track_run
+from blockprof.search.checkpoint import Checkpoint
+from blockprof.search.evaluator import Evaluator
+from blockprof.search.family import family_ops
+from blockprof.search.insight import (FromProfileRule, derive_from_summary, load_insight, named_profile, named_profiles,
                             profile_fits, random_variant)
-from search.mutation import Mutator, mutate_archs
-from search.pareto import best_under, hypervolume, non_dominated, pareto_layers
-from search.runner import SearchRunner
+from blockprof.search.mutation import Mutator, mutate_archs
+from blockprof.search.pareto import best_under, hypervolume, non_dominated, pareto_layers
+from blockprof.search.runner import SearchRunner
 
 from conftest import REPO, run_cli
 

@@ -25,9 +25,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from blockprof.app import execute
-from blockprof.sync import main as sync_main
-from blockprof.tracking import MARKER, prepare_store, track_run
+from blockprof.app.main import execute
+from blockprof.infra.sync import main as sync_main
+from blockprof.infra.tracking import MARKER, prepare_store, track_run
 from conftest import compose, run_cli
 
 REQUIRE = os.environ.get("BLOCKPROF_REQUIRE_SERVICES") == "1"

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from blockprof.errors import UserError
-from blockprof.space import Arch, Slot, build_space
+from blockprof.common.errors import UserError
+from blockprof.core.space import Arch, Slot, build_space
 
 SPACES = ["mbv3", "mbv3_w10", "pn", "resnet50"]
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from blockprof.app import execute
-from blockprof.errors import UserError
-from blockprof.imagenet import FastVal, FolderVal, normalize, scan_split, write_synthetic_imagefolder
-from blockprof.space import build_space
-from blockprof.supernet_accuracy import (
+from blockprof.app.main import execute
+from blockprof.common.errors import UserError
+from blockprof.metrics.imagenet import FastVal, FolderVal, normalize, scan_split, write_synthetic_imagefolder
+from blockprof.core.space import build_space
+from blockprof.metrics.supernet_accuracy import (
     CHECKPOINTS, MEMO_NAME, SupernetAccuracy, load_supernet, read_memo, resolve_checkpoint,
     save_ofa_checkpoint, set_running_statistics,
 )
@@ -171,7 +171,7 @@ def test_fast_loader_file_equals_folder_loader(imagenet, ckpt_dir, tmp_path):
 def test_bn_recalibration_matches_ofa(imagenet, ckpt_dir):
     from ofa.imagenet_classification.elastic_nn.utils import set_running_statistics as ofa_set_running_statistics
 
-    from blockprof.imagenet import calibration_images
+    from blockprof.metrics.imagenet import calibration_images
     space = build_space("mbv3", resolutions=[160])
     net = load_supernet(space, next(ckpt_dir.iterdir()))
     arch = space.sample(np.random.default_rng(3), 1)[0]

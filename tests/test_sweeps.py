@@ -12,8 +12,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from blockprof.app import execute
-from blockprof.compare import compare, main as compare_main
+from blockprof.app.main import execute
+from blockprof.infra.compare import compare, main as compare_main
 from conftest import CONF, compose, run_cli
 
 # profile: one slot, 2 archs per slot; measured latency on 160 px inputs keeps local_cpu cheap

@@ -18,8 +18,8 @@ import pytest  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from blockprof.errors import UserError  # noqa: E402
-from blockprof.tracking import prepare_store, resolve_output_root, track_run  # noqa: E402
+from blockprof.common.errors import UserError  # noqa: E402
+from blockprof.infra.tracking import prepare_store, resolve_output_root, track_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,7 +180,7 @@ def test_hydra_parallel_sweep(tmp_path):
         from pathlib import Path
         import hydra
         from hydra.core.hydra_config import HydraConfig
-        from blockprof.tracking import track_run
+        from blockprof.infra.tracking import track_run
 
         @hydra.main(config_path=".", config_name="cfg", version_base="1.3")
         def main(cfg):
@@ -198,7 +198,7 @@ def test_hydra_parallel_sweep(tmp_path):
         metric: {names: [mmacs]}
         paths: {output_root: out}
         hydra:
-          callbacks: {store: {_target_: blockprof.tracking.PrepareStoreCallback}}
+          callbacks: {store: {_target_: blockprof.infra.tracking.PrepareStoreCallback}}
           launcher: {n_jobs: 2}
           sweep: {dir: multirun/s1}
     """))

@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from blockprof.fileio import atomic_write
-from blockprof.space import Arch, DesignSpace, Slot
+from blockprof.common.fileio import atomic_write
+from blockprof.core.space import Arch, DesignSpace, Slot
 
 STATS = ("mean", "std", "q01", "q05", "q95", "q99", "min", "max")
 QUANTILES = {"q01": 0.01, "q05": 0.05, "q95": 0.95, "q99": 0.99}

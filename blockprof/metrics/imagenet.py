@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from blockprof.errors import UserError
+from blockprof.common.errors import UserError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 MEAN = (0.485, 0.456, 0.406)
@@ -209,7 +209,7 @@ def calibration_images(split: Split, resolution: int, n: int, seed: int, workers
     seeds = rng.integers(0, 2**63 - 1, size=n)
     out = torch.empty((n, 3, resolution, resolution), dtype=torch.uint8)
     ds = ImageList(split, calib_transform(resolution), idx, seeds)
-    from blockprof.progress import progress as bar
+    from blockprof.common.progress import progress as bar
     pos = 0
     for x, _ in bar(iterate(_loader(ds, 64, workers, False)), desc=f"calibration images @{resolution}",
                     total=math.ceil(n / 64), enabled=progress):
@@ -308,7 +308,7 @@ def preprocess_val(val_dir: Path, resolution: int, out_dir: Path, workers: int =
     n = len(split)
     arr = np.lib.format.open_memmap(part, mode="w+", dtype=np.uint8, shape=(n, 3, resolution, resolution))
     try:
-        from blockprof.progress import progress as bar
+        from blockprof.common.progress import progress as bar
         ds = ImageList(split, eval_transform(resolution))
         pos = 0
         for x, _ in bar(iterate(_loader(ds, batch_size, workers, False)), desc=f"val @{resolution}",

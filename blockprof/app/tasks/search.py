@@ -27,16 +27,16 @@ from hydra.utils import get_class, to_absolute_path
 from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from blockprof.errors import UserError
-from blockprof.fileio import atomic_write_text
-from search.checkpoint import Checkpoint
-from search.evaluator import Evaluator
-from search.family import family_ops
-from search.insight import load_insight
-from search.mutation import Mutator
-from search.pareto import non_dominated
-from search.runner import SearchRunner
-from search.strategies import ACCURACY, STRATEGIES, Strategy
+from blockprof.common.errors import UserError
+from blockprof.common.fileio import atomic_write_text
+from blockprof.search.checkpoint import Checkpoint
+from blockprof.search.evaluator import Evaluator
+from blockprof.search.family import family_ops
+from blockprof.search.insight import load_insight
+from blockprof.search.mutation import Mutator
+from blockprof.search.pareto import non_dominated
+from blockprof.search.runner import SearchRunner
+from blockprof.search.strategies import ACCURACY, STRATEGIES, Strategy
 
 COSTS = ("latency", "mmacs", "params_m")
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from blockprof.errors import UserError
-from blockprof.latency_csv import read_archs_csv
-from blockprof.metrics import score
+from blockprof.common.errors import UserError
+from blockprof.core.latency_csv import read_archs_csv
+from blockprof.metrics.base import score
 
 
 def archs_to_score(ctx):

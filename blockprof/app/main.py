@@ -11,10 +11,11 @@ import torch
 from hydra.utils import get_method
 from omegaconf import DictConfig
 
-from blockprof.errors import UserError
-from blockprof.metrics import Metric, build_metrics, check_metric_config
-from blockprof.space import DesignSpace, build_space
-from blockprof.tracking import resolve_output_root, track_run
+from blockprof.common.errors import UserError
+from blockprof.metrics.base import Metric
+from blockprof.app.metric_factory import build_metrics, check_metric_config
+from blockprof.core.space import DesignSpace, build_space
+from blockprof.infra.tracking import resolve_output_root, track_run
 
 
 @dataclass

@@ -64,13 +64,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blockprof.errors import UserError
-from blockprof.fileio import atomic_write_text
-from blockprof.latency_csv import LatencyCSVWriter, read_latency_csv
-from blockprof.metrics import machine_info
-from blockprof.progress import progress
-from blockprof.space import Arch, DesignSpace
-from blockprof.tracking import resolve_path
+from blockprof.common.errors import UserError
+from blockprof.common.fileio import atomic_write_text
+from blockprof.core.latency_csv import LatencyCSVWriter, read_latency_csv
+from blockprof.metrics.measured import machine_info
+from blockprof.common.progress import progress
+from blockprof.core.space import Arch, DesignSpace
+from blockprof.infra.tracking import resolve_path
 
 
 @dataclass(frozen=True)
@@ -333,7 +333,7 @@ def _retest(space, csv_path, proto, k, base_seed, timer: ChunkTimer) -> dict | N
     """Time a seeded sample of the CSV's archs again, in a separate pass."""
     if k <= 0:
         return None
-    from predictors.report import retest_noise
+    from blockprof.predictors.report import retest_noise
     recs = read_latency_csv(csv_path, space)
     if not recs:
         return None

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from blockprof.errors import UserError
-from blockprof.fileio import atomic_write
-from blockprof.space import Arch, DesignSpace
+from blockprof.common.errors import UserError
+from blockprof.common.fileio import atomic_write
+from blockprof.core.space import Arch, DesignSpace
 
 HEADER = ["net_id", "net_str", "device", "resolution", "lat unit", "end-to-end lat"]
 UNIT_TO_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3}

@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from blockprof.errors import UserError
-from blockprof.layers import (
+from blockprof.common.errors import UserError
+from blockprof.core.layers import (
     BottleneckLayer, ConvLayer, Layer, LinearLayer, MBConvLayer, PoolLayer, conv_out, make_divisible,
 )
 

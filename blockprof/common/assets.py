@@ -16,8 +16,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from blockprof.errors import UserError
-from blockprof.fileio import sha256_file
+from blockprof.common.errors import UserError
+from blockprof.common.fileio import sha256_file
 
 URL_BASE = "https://raw.githubusercontent.com/han-cai/files/master/"
 MIRROR_ENV = "BLOCKPROF_ASSET_MIRROR"

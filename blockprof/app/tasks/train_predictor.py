@@ -9,13 +9,13 @@ per-epoch metrics, a test report and a predicted-vs-measured scatter in MLflow.
 """
 from __future__ import annotations
 
-from blockprof.errors import UserError
-from blockprof.tracking import resolve_path
+from blockprof.common.errors import UserError
+from blockprof.infra.tracking import resolve_path
 
 
 def run(ctx, tracker):
-    from predictors.latency import missing_data_message
-    from predictors.train import TrainOptions, train_from_csv
+    from blockprof.predictors.latency import missing_data_message
+    from blockprof.predictors.train import TrainOptions, train_from_csv
 
     cfg, t = ctx.cfg, ctx.cfg.task
     lat = cfg.device.latency

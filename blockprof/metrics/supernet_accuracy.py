@@ -34,15 +34,15 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from blockprof.assets import DOWNLOAD_TIMEOUT_S, MIRROR_ENV, default_cache_dir
-from blockprof.errors import UserError
-from blockprof.fileio import atomic_write, sha256_file
-from blockprof.imagenet import (
+from blockprof.common.assets import DOWNLOAD_TIMEOUT_S, MIRROR_ENV, default_cache_dir
+from blockprof.common.errors import UserError
+from blockprof.common.fileio import atomic_write, sha256_file
+from blockprof.metrics.imagenet import (
     EVAL_TRANSFORM, FastVal, FolderVal, calibration_images, check_imagenet, describe_difference, normalize, scan_split,
 )
-from blockprof.metrics import Metric
-from blockprof.progress import progress
-from blockprof.space import Arch, DesignSpace
+from blockprof.metrics.base import Metric
+from blockprof.common.progress import progress
+from blockprof.core.space import Arch, DesignSpace
 
 OFA_NETS_URL = "https://raw.githubusercontent.com/han-cai/files/master/ofa/ofa_nets/"
 RESNET50_DRIVE_ID = "1xy6VIPEHXqbbqNu3xEZUxhp5FbTVs5cQ"  # OFA's model zoo fetches ofa_resnet50 from Google Drive

@@ -23,8 +23,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from blockprof.errors import UserError
-from blockprof.fileio import atomic_write
+from blockprof.common.errors import UserError
+from blockprof.common.fileio import atomic_write
 
 BACKENDS = ("local", "none", "server")
 MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH

@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from blockprof.errors import UserError
-from blockprof.tasks.profile import all_groups, write_outputs
+from blockprof.common.errors import UserError
+from blockprof.app.tasks.profile import all_groups, write_outputs
 
 # settings that must agree between the shards and this merge
 _SAME = ("seed", "space.name", "space.resolutions", "device.name", "metric.names", "task.num_archs",

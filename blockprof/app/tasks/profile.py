@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pandas as pd
 
-from blockprof import plots
-from blockprof.errors import UserError
-from blockprof.metrics import score
-from blockprof.profiling import BASELINE, ChunkStore, base_archs, group_archs, make_groups, samples_frame, summarise
-from blockprof.progress import progress
+from blockprof.infra import plots
+from blockprof.common.errors import UserError
+from blockprof.metrics.base import score
+from blockprof.app.profiling import BASELINE, ChunkStore, base_archs, group_archs, make_groups, samples_frame, summarise
+from blockprof.common.progress import progress
 
 
 def _settings_key(cfg, groups, metric_names) -> str:

@@ -1,0 +1,106 @@
+"""Config -> metric objects."""
+from __future__ import annotations
+
+import sys
+
+from blockprof.common.errors import UserError
+from blockprof.core.space import DesignSpace
+from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
+from blockprof.metrics.analytic import mmacs_metric, params_metric
+from blockprof.metrics.base import Metric
+from blockprof.metrics.lut import ProxylessMobileLatency, note10_latency
+from blockprof.metrics.measured import MeasuredLatency
+
+
+METRIC_NAMES = ("accuracy", "mmacs", "params_m", "latency")
+
+
+def _unavailable(cfg, name: str, space_name: str) -> str | None:
+    """Why `name` cannot be had for this space/device, or None."""
+    if name == "accuracy":
+        src = cfg.metric.accuracy.source
+        if src not in ACCURACY_SOURCES:
+            return f"unknown metric.accuracy.source '{src}' (choose from {list(ACCURACY_SOURCES)})"
+        if src == "predictor" and space_name not in ("mbv3", "resnet50"):
+            return (f"no public accuracy predictor for space {space_name} (OFA published mbv3 w1.2 and "
+                    f"resnet50); use metric.accuracy.source=supernet or drop accuracy")
+    if name == "latency":
+        lat = cfg.device.latency
+        if lat.source not in LATENCY_SOURCES:
+            return f"unknown device.latency.source '{lat.source}' (choose from {list(LATENCY_SOURCES)})"
+        if lat.source == "lut" and space_name not in ("mbv3", "pn"):
+            return (f"device {cfg.device.name} has lookup tables for mbv3 (w1.2) and pn, not {space_name}; "
+                    "pick device=local_cpu or a predictor device")
+    return None
+
+
+def check_metric_config(cfg, space_name: str, notify: bool = True) -> list[str]:
+    """The metric names this run will score. Impossible combinations fail at start with
+    one line, except in a set marked `skip_unavailable` (the default set), which drops
+    them with a notice so `python run.py space=pn` still scores what pn has."""
+    names = list(cfg.metric.names)
+    unknown = [n for n in names if n not in METRIC_NAMES]
+    if unknown:
+        raise UserError(f"unknown metric(s) {unknown} in metric.names (choose from {list(METRIC_NAMES)})")
+    if not names:
+        raise UserError("metric.names is empty")
+    kept = []
+    for n in names:
+        why = _unavailable(cfg, n, space_name)
+        if why is None:
+            kept.append(n)
+        elif cfg.metric.get("skip_unavailable", False) and not why.startswith("unknown"):
+            if notify:
+                    print(f"note: skipping metric {n}: {why}", file=sys.stderr)
+        else:
+            raise UserError(why)
+    if not kept:
+        raise UserError("no configured metric is available for this space and device")
+    return kept
+
+
+def _accuracy_predictor(cfg, space):
+    return OFAAccuracyPredictor(space, cfg.metric.accuracy.get("checkpoint"))
+
+
+def _accuracy_supernet(cfg, space):
+    from blockprof.metrics.supernet_accuracy import SupernetAccuracy  # heavy: ImageNet loaders
+    return SupernetAccuracy.from_config(cfg, space)
+
+
+def _latency_lut(cfg, space):
+    table = cfg.device.latency.get("table")
+    if space.name == "pn":
+        return ProxylessMobileLatency(space, table)
+    paths = {r: f"{table}/{r}_lookup_table.yaml" for r in space.resolutions} if table else None
+    return note10_latency(space, paths)
+
+
+def _latency_measured(cfg, space):
+    lat = cfg.device.latency
+    return MeasuredLatency(space, device=lat.hw, threads=lat.threads, warmup=lat.warmup,
+                           repeats=lat.repeats, stat=lat.stat, progress=True)
+
+
+def _latency_predictor(cfg, space):
+    from blockprof.predictors.latency import load_latency_predictor  # torch models, trained on demand
+    return load_latency_predictor(cfg, space)
+
+
+ACCURACY_SOURCES = {"predictor": _accuracy_predictor, "supernet": _accuracy_supernet}
+LATENCY_SOURCES = {"lut": _latency_lut, "measured": _latency_measured, "predictor": _latency_predictor}
+
+
+def build_metrics(cfg, space: DesignSpace) -> dict[str, Metric]:
+    """The configured metric set, by name, in config order."""
+    out: dict[str, Metric] = {}
+    for name in check_metric_config(cfg, space.name):
+        if name == "mmacs":
+            out[name] = mmacs_metric(space)
+        elif name == "params_m":
+            out[name] = params_metric(space)
+        elif name == "accuracy":
+            out[name] = ACCURACY_SOURCES[cfg.metric.accuracy.source](cfg, space)
+        elif name == "latency":
+            out[name] = LATENCY_SOURCES[cfg.device.latency.source](cfg, space)
+    return out

@@ -1,0 +1,323 @@
+"""Compare the runs of a sweep: one pandas table and side-by-side plots, from MLflow.
+
+    python -m blockprof.compare --sweep outputs/multirun/<time>        # a sweep folder
+    python -m blockprof.compare --sweep latest                          # the newest sweep
+    python -m blockprof.compare --sweep A --sweep B --metric accuracy   # several sweeps together
+    python -m blockprof.compare --sweep latest --uri http://mlflow.example.org:5000
+
+Runs are found by their ``sweep`` tag (the sweep folder, absolute, as blockprof's
+tracking sets it for every multirun job). Written to ``--out`` (default
+``<output_root>/compare/<sweep name>``):
+
+* ``runs.csv`` — one row per run: ids, status, the blockprof tags (task, space, device,
+  search ...), the params that differ between the runs, and the last value of every metric;
+* ``heatmaps_<space>_<metric>.png`` — for profile runs: the mean-value heatmaps
+  (unit-layer x block) of every run of a space side by side, one panel per device
+  (and per job when a device has several), on one colour scale;
+* ``fronts_<space>_<device>_<cost>.png`` — for search runs: their final Pareto fronts
+  (``front.csv``) overlaid, one line per run.
+
+The tracking store defaults to the project's: ``--uri``, else ``$MLFLOW_TRACKING_URI``,
+else ``sqlite:///<output_root>/mlflow.db``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from blockprof.common.errors import UserError
+
+TAG_COLUMNS = ("task", "space", "device", "metrics", "search", "search.strategy", "search.insight", "search.cost",
+               "shard", "sweep", "sweep_job", "overrides", "git_commit")
+PROFILE_TASKS = ("profile", "merge_profile")
+BASELINE = "random"  # blockprof.profiling.BASELINE (imported lazily there: it pulls in torch)
+
+
+# ------------------------------------------------------------------ finding runs
+def default_uri(output_root: str | os.PathLike = "outputs") -> str:
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return env if env else f"sqlite:///{Path(output_root).resolve() / 'mlflow.db'}"
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    from blockprof.infra.tracking import _quiet_store_logs
+
+    _quiet_store_logs()
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
+        raise UserError(f"no MLflow store at {uri} (give --uri or --output-root)")
+    return MlflowClient(tracking_uri=uri)
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _search(client, exp_id: str, filter_string: str, order_by=None, limit: int | None = None) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], filter_string=filter_string, max_results=limit or 1000,
+                                  order_by=order_by, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token or (limit and len(runs) >= limit):
+            return runs
+
+
+def resolve_sweep(client, exp_id: str, sweep: str) -> str:
+    """The ``sweep`` tag value for a sweep folder (absolute path), ``latest``, or a tag value."""
+    if sweep == "latest":
+        runs = _search(client, exp_id, "tags.sweep != ''", order_by=["attributes.start_time DESC"], limit=1)
+        if not runs:
+            raise UserError("no sweep runs in this experiment (run a multirun: python run.py -m ...)")
+        return runs[0].data.tags["sweep"]
+    path = Path(sweep).expanduser()
+    return str(path.resolve()) if path.exists() else sweep
+
+
+def sweep_runs(client, experiment: str, sweeps: list[str]) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise UserError(f"no MLflow experiment '{experiment}' in {client.tracking_uri}")
+    runs = []
+    for s in sweeps:
+        tag = resolve_sweep(client, exp.experiment_id, s)
+        found = _search(client, exp.experiment_id, f"tags.sweep = {_quote(tag)}")
+        if not found:
+            raise UserError(f"no runs tagged sweep={tag} in experiment '{experiment}' at {client.tracking_uri}"
+                            " (if their tracking failed: python -m blockprof.sync <sweep folder>)")
+        runs.extend(found)
+    return runs
+
+
+# ------------------------------------------------------------------ the table
+def runs_table(runs: list) -> pd.DataFrame:
+    """One row per run: ids, status, blockprof tags, differing params (``param.*``), metrics."""
+    rows, params = [], []
+    for r in runs:
+        t = r.data.tags
+        row = {"run_id": r.info.run_id, "run_name": r.info.run_name, "status": r.info.status,
+               "start_time": pd.to_datetime(r.info.start_time, unit="ms")}
+        row.update({c: t.get(c) for c in TAG_COLUMNS})
+        row.update({k: v for k, v in t.items() if k.startswith("unit.")})
+        row.update({m: v for m, v in sorted(r.data.metrics.items())})
+        rows.append(row)
+        params.append(r.data.params)
+    df = pd.DataFrame(rows)
+    keys = sorted({k for p in params for k in p})
+    varying = [k for k in keys if len({p.get(k) for p in params}) > 1]
+    for k in varying:
+        df[f"param.{k}"] = [p.get(k) for p in params]
+    df["sweep_job"] = pd.to_numeric(df["sweep_job"], errors="coerce").astype("Int64")
+    df = df.dropna(axis=1, how="all")
+    return df.sort_values(["sweep", "sweep_job", "start_time"], kind="stable").reset_index(drop=True)
+
+
+# ------------------------------------------------------------------ artifacts
+def fetch_csv(client, run_id: str, name: str, dst: Path) -> pd.DataFrame | None:
+    """An artifact CSV of a run (None when the run has none)."""
+    from mlflow.artifacts import download_artifacts
+
+    if name not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
+    path = download_artifacts(run_id=run_id, artifact_path=name, dst_path=str(dst / run_id),
+                              tracking_uri=client.tracking_uri)
+    return pd.read_csv(path)
+
+
+def _overrides(row) -> set[str]:
+    return {o for o in str(row.get("overrides") or "").split(",")
+            if o and not o.startswith(("space=", "device=", "task=", "search=", "paths.", "hydra"))}
+
+
+def _label(row: pd.Series, grp: pd.DataFrame, lead: str = "device") -> str:
+    """A short panel/line label: ``lead`` (device), then what differs between the runs of
+    ``grp`` (strategy, insight, overrides), then the job number."""
+    parts = [str(row.get(lead))] if lead else []
+    for key in ("search.strategy", "search.insight"):
+        if key in grp and grp[key].nunique() > 1 and isinstance(row.get(key), str):
+            parts.append(row[key])
+    common = set.intersection(*(_overrides(r) for _, r in grp.iterrows())) if len(grp) else set()
+    parts.extend(sorted(_overrides(row) - common)[:3])
+    if pd.notna(row.get("sweep_job")):
+        parts.append(f"job {row['sweep_job']}")
+    if not lead:
+        return ", ".join(parts) or str(row.get("run_name"))
+    return parts[0] + ("\n" + ", ".join(parts[1:]) if len(parts) > 1 else "")
+
+
+def _grid(summary: pd.DataFrame, col: str):
+    """Single-slot rows of a profile summary as (rows, blocks, grid); sampled-resolution rows
+    when present, else the largest fixed resolution."""
+    s = summary[(summary["block"] != BASELINE) & summary["unit"].notna()
+                & ~summary["block"].astype(str).str.contains(r"\+")]
+    if "resolution" in s and s["resolution"].notna().all() and len(s):
+        s = s[s["resolution"] == s["resolution"].max()]
+    elif "resolution" in s:
+        s = s[s["resolution"].isna()]
+    rows = sorted({(int(u), int(lay)) for u, lay in zip(s["unit"], s["layer"])})
+    blocks = list(dict.fromkeys(s["block"]))
+    grid = np.full((len(rows), len(blocks)), np.nan)
+    ri, ci = {r: i for i, r in enumerate(rows)}, {b: i for i, b in enumerate(blocks)}
+    for u, lay, b, v in zip(s["unit"], s["layer"], s["block"], s[col]):
+        grid[ri[(int(u), int(lay))], ci[b]] = v
+    return rows, blocks, grid
+
+
+def plot_heatmaps(space: str, metric: str, panels: list[tuple[str, pd.DataFrame]], unit: str | None = None):
+    """Side-by-side mean-value heatmaps of one space, one panel per run. One colour scale
+    when the panels' values are of one magnitude (MACs, accuracy), else one per panel
+    (latency on a phone table and on a CPU differ by 10x: each panel shows its pattern)."""
+    from blockprof.infra.plots import plt
+
+    col = f"{metric}_mean"
+    grids = [(label, *_grid(s, col)) for label, s in panels if col in s]
+    grids = [g for g in grids if np.isfinite(g[3]).any()]
+    if not grids:
+        return None
+    meds = [float(np.nanmedian(np.abs(g[3]))) for g in grids]
+    shared = min(meds) > 0 and max(meds) / min(meds) <= 2 or max(meds) == 0
+    vals = np.concatenate([g[3][np.isfinite(g[3])] for g in grids])
+    n_rows = max(len(g[1]) for g in grids)
+    n_cols = max(len(g[2]) for g in grids)
+    fig, axes = plt.subplots(1, len(grids), squeeze=False, layout="constrained",
+                             figsize=(1.0 + (0.42 * n_cols + 1.6) * len(grids), 2.2 + 0.3 * n_rows))
+    im = None
+    for ax, (label, rows, blocks, grid) in zip(axes[0], grids):
+        lim = dict(vmin=float(vals.min()), vmax=float(vals.max())) if shared else {}
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", **lim)
+        ax.set_xticks(range(len(blocks)))
+        ax.set_xticklabels([b.replace("mbconv", "MB").replace("bneck_", "") for b in blocks], rotation=60,
+                           ha="right", fontsize=6)
+        ax.set_yticks(range(len(rows)))
+        ax.set_yticklabels([f"U{u} L{lay}" for u, lay in rows], fontsize=6)
+        ax.set_title(label, fontsize=8)
+        if not shared:
+            fig.colorbar(im, ax=ax, fraction=0.08).ax.tick_params(labelsize=6)
+    if shared:
+        cb = fig.colorbar(im, ax=list(axes[0]), fraction=0.03)
+        cb.ax.tick_params(labelsize=6)
+        cb.set_label(f"mean {metric}" + (f" [{unit}]" if unit else ""), fontsize=7)
+    scale = "one colour scale" if shared else "a colour scale per panel"
+    fig.suptitle(f"{space}: mean {metric}{f' [{unit}]' if unit else ''} per block and position ({scale})",
+                 fontsize=10)
+    return fig
+
+
+def plot_fronts(title: str, cost: str, fronts: list[tuple[str, pd.DataFrame]], unit: str | None = None):
+    """Final Pareto fronts of several search runs overlaid (accuracy vs cost)."""
+    from blockprof.infra.plots import plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, front in fronts:
+        f = front.sort_values(cost)
+        line, = ax.step(f[cost], f["accuracy"], where="post", lw=1.2, label=f"{label} ({len(f)})")
+        ax.scatter(f[cost], f["accuracy"], s=10, color=line.get_color())
+    ax.set_xlabel(f"{cost} [{unit}]" if unit else cost)
+    ax.set_ylabel("accuracy [%]")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+# ------------------------------------------------------------------ the command
+def _unit(grp: pd.DataFrame, metric: str) -> str | None:
+    col = f"unit.{metric}"
+    units = grp[col].dropna().unique() if col in grp else []
+    return str(units[0]) if len(units) == 1 else None
+
+
+def _safe(s) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(s))
+
+
+def compare(sweeps: list[str], uri: str, experiment: str = "blockprof", out: Path | None = None,
+            metrics: list[str] | None = None, output_root: str | os.PathLike = "outputs") -> dict:
+    """Build the table and the figures; returns {"table": DataFrame, "files": [paths], "out": Path}."""
+    from blockprof.infra.plots import close
+
+    client = _client(uri)
+    runs = sweep_runs(client, experiment, sweeps)
+    table = runs_table(runs)
+    if out is None:
+        name = _safe(Path(str(table["sweep"].iloc[0])).name) if len(set(table["sweep"])) == 1 else "sweeps"
+        out = Path(output_root) / "compare" / name
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "runs.csv"]
+    table.to_csv(files[0], index=False)
+    with tempfile.TemporaryDirectory(prefix="blockprof-compare-") as tmp:
+        tmp = Path(tmp)
+        prof = table[table["task"].isin(PROFILE_TASKS)] if "task" in table else table.iloc[:0]
+        for space, grp in prof.groupby("space", sort=True):
+            grp = grp.sort_values(["device", "sweep_job"], kind="stable")
+            panels = []
+            for _, row in grp.iterrows():
+                summary = fetch_csv(client, row["run_id"], "summary.csv", tmp)
+                if summary is not None:
+                    panels.append((_label(row, grp), summary))
+            names = metrics or [str(m) for m in str(grp["metrics"].iloc[0] or "").split(",") if m]
+            for m in names:
+                fig = plot_heatmaps(str(space), m, panels, _unit(grp, m))
+                if fig is None:
+                    continue
+                path = out / f"heatmaps_{_safe(space)}_{_safe(m)}.png"
+                fig.savefig(path, dpi=110, bbox_inches="tight")
+                close(fig)
+                files.append(path)
+        srch = table[table["task"] == "search"] if "task" in table else table.iloc[:0]
+        for (space, device), grp in srch.groupby(["space", "device"], sort=True):
+            by_cost: dict[str, list] = {}
+            for _, row in grp.iterrows():
+                front = fetch_csv(client, row["run_id"], "front.csv", tmp)
+                cost = row.get("search.cost")
+                if front is not None and isinstance(cost, str) and cost in front and "accuracy" in front:
+                    by_cost.setdefault(cost, []).append((_label(row, grp, lead=""), front))
+            for cost, fronts in by_cost.items():
+                fig = plot_fronts(f"{space} on {device}: final fronts of {len(fronts)} search runs", cost, fronts,
+                                  _unit(grp, cost))
+                path = out / f"fronts_{_safe(space)}_{_safe(device)}_{_safe(cost)}.png"
+                fig.savefig(path, dpi=110, bbox_inches="tight")
+                close(fig)
+                files.append(path)
+    return {"table": table, "files": files, "out": out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m blockprof.compare", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sweep", action="append", required=True,
+                    help="a sweep folder, its tag value, or 'latest' (repeat for several)")
+    ap.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
+    ap.add_argument("--output-root", default="outputs", help="the runs' paths.output_root (default outputs)")
+    ap.add_argument("--experiment", default="blockprof", help="MLflow experiment (default blockprof)")
+    ap.add_argument("--metric", action="append", help="heatmap metric(s) (default: every metric of the runs)")
+    ap.add_argument("--out", help="output folder (default <output_root>/compare/<sweep name>)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        res = compare(args.sweep, args.uri or default_uri(args.output_root), args.experiment,
+                      Path(args.out) if args.out else None, args.metric, args.output_root)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    t = res["table"]
+    show = [c for c in ("sweep_job", "status", "task", "space", "device", "search.strategy") if c in t]
+    show += [c for c in t.columns if c.startswith(("baseline_", "hypervolume", "front_size"))][:6]
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(t[show].to_string(index=False))
+    print(f"{len(t)} runs -> " + ", ".join(str(f) for f in res["files"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
