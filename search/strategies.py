@@ -36,7 +36,7 @@ FEASIBLE_EPS = 1e-9
 # ===================================================================== schemas
 @dataclass
 class SearchConfig:
-    _target_: str = "search.strategies.RMPareto"
+    _target_: str = "blockprof.search.strategies.RMPareto"
     name: str = "rm_pareto"
     insight: str = "full"                   # full | npu | gpu | cpu | note10 | max_acc | <name>_random | from_profile | file.yaml
     profile_run: Optional[str] = None       # from_profile: profile run folder, its summary.csv, or MLflow run id
@@ -63,7 +63,7 @@ class RMParetoConfig(SearchConfig):
 
 @dataclass
 class RMConsAccConfig(SearchConfig):
-    _target_: str = "search.strategies.RMConsAcc"
+    _target_: str = "blockprof.search.strategies.RMConsAcc"
     name: str = "rm_cons_acc"
     init_size: int = 20
     budget_per_iter: int = 50
@@ -79,7 +79,7 @@ class RMConsAccConfig(SearchConfig):
 
 @dataclass
 class EvolutionConfig(SearchConfig):
-    _target_: str = "search.strategies.Evolution"
+    _target_: str = "blockprof.search.strategies.Evolution"
     name: str = "evolution"
     budget: int = 50000
     iterations: int = 500                   # OFA's max_time_budget
@@ -96,7 +96,7 @@ class EvolutionConfig(SearchConfig):
 
 @dataclass
 class RandomConfig(SearchConfig):
-    _target_: str = "search.strategies.RandomSearch"
+    _target_: str = "blockprof.search.strategies.RandomSearch"
     name: str = "random"
     init_size: int = 100
     budget_per_iter: int = 200
