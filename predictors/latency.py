@@ -1,8 +1,8 @@
-"""Latency through a trained predictor: the `predictor` source of npu/gpu/cpu/local_* devices.
+"""Latency through a trained predictor: the metric and its loading.
 
-    checkpoint there        -> load it (space and feature layout must match)
-    checkpoint missing, CSV -> train it first (a nested MLflow run), save, use
-    both missing            -> one line: which file, where the seed's CSVs are, how to measure
+`PredictedLatency` scores archs with a checkpoint written by `task=train_predictor`;
+`load_predicted_latency` opens one. Finding the data, fetching the seed's CSVs and
+training on first use are the app's business (blockprof/app/latency_data.py).
 """
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from typing import Sequence
 import numpy as np
 
 from blockprof.common.errors import UserError
-from blockprof.metrics.base import Metric
 from blockprof.core.space import Arch, DesignSpace
-from blockprof.infra.tracking import resolve_path
+from blockprof.metrics.base import Metric
 from blockprof.predictors.models import LatencyModel
 
+# The paper authors' public Google Drive folder with their NPU/GPU/CPU measurements
+# (ofa_{space}_{device}_lat_data.csv), linked from the seed code's README.
 SEED_DATA_URL = "https://drive.google.com/drive/folders/1qUqWzc3D3-1LmRxqQiy6u4CRWsmOymuF"
 
 
@@ -44,76 +45,13 @@ class PredictedLatency(Metric):
         return f"PredictedLatency({self.model.kind}, {self.checkpoint})"
 
 
-class _TrainOnFirstUse(Metric):
-    """Stands in until the first `evaluate`, then trains (so the training run nests
-    under the task's MLflow run, which opens after metrics are built)."""
-    name, unit, higher_is_better = "latency", "ms", False
-
-    def __init__(self, cfg, space: DesignSpace, csv_path: Path, ckpt_path: Path):
-        self.cfg, self.space, self.csv_path, self.ckpt_path = cfg, space, csv_path, ckpt_path
-        self._metric: PredictedLatency | None = None
-
-    def evaluate(self, archs):
-        if self._metric is None:
-            self._metric = _train_now(self.cfg, self.space, self.csv_path, self.ckpt_path)
-        return self._metric.evaluate(archs)
-
-    def __repr__(self) -> str:
-        return f"PredictedLatency(untrained, from {self.csv_path})"
-
-
-def missing_data_message(cfg, space: DesignSpace, csv_path: Path) -> str:
-    return (f"no latency data for space {space.name} on device {cfg.device.name}: expected the CSV {csv_path} "
-            f"(or a trained predictor at {resolve_path(cfg.device.latency.checkpoint, cfg)}). The seed's authors published "
-            f"their NPU/GPU/CPU CSVs ({SEED_DATA_URL}, linked from the paper's code README); or measure your own "
-            f"with `python run.py task=measure space={space.name} device=local_cpu`")
-
-
-def load_latency_predictor(cfg, space: DesignSpace) -> Metric:
-    """The `latency` metric of a predictor device (see module docstring)."""
-    lat = cfg.device.latency
-    ckpt_path = resolve_path(lat.checkpoint, cfg)
-    csv_path = resolve_path(lat.csv, cfg)
-    kind = str(lat.get("model", "gnn"))
-    if ckpt_path.is_file():
-        from blockprof.predictors.train import load_checkpoint
-        model, ckpt = load_checkpoint(ckpt_path, space)
-        if ckpt["model"] != kind:
-            raise UserError(f"{ckpt_path} holds a '{ckpt['model']}' predictor but device.latency.model is '{kind}'")
-        return PredictedLatency(model, ckpt_path, {k: ckpt[k] for k in ("data", "test", "created")},
-                                threads=int(lat.get("infer_threads", 1)))
-    if not csv_path.is_file():
-        raise UserError(missing_data_message(cfg, space, csv_path))
-    from blockprof.core.latency_csv import read_latency_csv
-    read_latency_csv(csv_path, space)  # a malformed CSV fails now, before any run opens
-    from blockprof.predictors.train import TrainOptions
-    TrainOptions.from_config(lat.get("train"), model=kind)  # and so do bad training options
-    return _TrainOnFirstUse(cfg, space, csv_path, ckpt_path)
-
-
-def _train_now(cfg, space, csv_path: Path, ckpt_path: Path) -> PredictedLatency:
-    from blockprof.infra.tracking import track_run
-    from blockprof.predictors.train import TrainOptions, train_from_csv
-    lat = cfg.device.latency
-    opts = TrainOptions.from_config(lat.get("train"), model=str(lat.get("model", "gnn")))
-    run_dir = _nested_run_dir(cfg)
-    print(f"latency: no predictor at {ckpt_path}; training a {opts.model} on {csv_path} first", flush=True)
-    with track_run(cfg, run_dir, "train_predictor", tags={"trained_on_demand": "true"}, nested=True) as tracker:
-        result = train_from_csv(space, csv_path, str(cfg.device.name), opts, int(cfg.seed), ckpt_path,
-                                tracker, run_dir)
-    return PredictedLatency(result["model"], ckpt_path, {"test": result["test"]},
-                            threads=int(lat.get("infer_threads", 1)))
-
-
-def _nested_run_dir(cfg) -> Path:
-    from blockprof.app.main import run_dir_of
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        if HydraConfig.initialized():
-            return Path(HydraConfig.get().runtime.output_dir) / "train_predictor"
-    except Exception:
-        pass
-    return run_dir_of(cfg)
+def load_predicted_latency(ckpt_path: Path, space: DesignSpace, kind: str, threads: int = 1) -> PredictedLatency:
+    """The metric of a saved checkpoint; its space, feature layout and model kind must match."""
+    from blockprof.predictors.train import load_checkpoint
+    model, ckpt = load_checkpoint(ckpt_path, space)
+    if ckpt["model"] != kind:
+        raise UserError(f"{ckpt_path} holds a '{ckpt['model']}' predictor but device.latency.model is '{kind}'")
+    return PredictedLatency(model, ckpt_path, {k: ckpt[k] for k in ("data", "test", "created")}, threads=threads)
 
 
 # ------------------------------------------------------------------ MLflow model

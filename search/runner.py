@@ -51,7 +51,7 @@ class SearchRunner:
         c = self.s.cfg
         if self.s.ev.evaluations >= c.budget:
             return "budget"
-        if it >= c.iterations:
+        if c.iterations is not None and it >= c.iterations:
             return "iterations"
         if stall >= c.stall_iterations:
             return "stalled"
@@ -100,11 +100,10 @@ class SearchRunner:
             reason = self._stop_reason(0, 0)
             self._commit(0, 0, reason, history[-1])
             self.on_iteration(0, history[-1])
-        total = max(0, int(self.s.cfg.iterations) - it)
-        bar = progress(range(total), desc=f"search {self.s.cfg.name}", total=total, enabled=self.show_progress)
-        for _ in bar:
-            if reason is not None:
-                break
+        # the bar counts evaluations: the budget is the stopping rule
+        bar = progress(None, desc=f"search {self.s.cfg.name}", total=int(self.s.cfg.budget), enabled=self.show_progress)
+        bar.update(self.s.ev.evaluations)
+        while reason is None:
             it += 1
             before = self.s.ev.evaluations
             self.s.step(it)
@@ -113,8 +112,6 @@ class SearchRunner:
             reason = self._stop_reason(it, stall)
             self._commit(it, stall, reason, history[-1])
             self.on_iteration(it, history[-1])
-        if hasattr(bar, "close"):
-            bar.close()
-        if reason is None:
-            reason = self._stop_reason(it, stall) or "iterations"
+            bar.update(self.s.ev.evaluations - before)
+        bar.close()
         return SearchResult(it, reason, history, resumed)

@@ -12,8 +12,8 @@ with a dataclass schema that validates its YAML.
 
 A strategy sees only the space's mutator, the evaluator (the memo of scored archs)
 and the seeded generator. Iteration 0 is the initial set. The runner stops at
-`budget` unique evaluations, after `iterations` iterations, or after
-`stall_iterations` iterations in a row that found nothing new.
+`budget` unique evaluations (the stopping rule), after `iterations` iterations when
+that is set, or after `stall_iterations` iterations in a row that found nothing new.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class SearchConfig:
     cost: str = "auto"                      # latency | mmacs | params_m | auto (latency if the metric set has it, else mmacs)
     resolutions: Optional[List[int]] = None  # null: the space's; a subset restricts the search (one value fixes it)
     budget: int = 2100                      # unique archs scored, initial set included
-    iterations: int = 10                    # search iterations after the initial set (iteration 0)
+    iterations: Optional[int] = None        # null: run until the budget is spent; n: stop after n iterations too
     stall_iterations: int = 3               # stop after this many iterations in a row without a new arch
     hv_reference: Dict[str, Any] = field(default_factory=lambda: {"accuracy": None, "latency": None, "mmacs": None})
     cost_limits: Dict[str, Any] = field(default_factory=lambda: {"latency": [15.0, 20.0, 25.0, 30.0], "mmacs": None})
@@ -95,6 +95,26 @@ class EvolutionConfig(SearchConfig):
 
 
 @dataclass
+class BandsConfig(SearchConfig):
+    _target_: str = "blockprof.search.strategies.Bands"
+    name: str = "bands"
+    budget: int = 20000
+    iterations: Optional[int] = None
+    init_size: int = 400
+    budget_per_iter: int = 400
+    front_share: float = 0.2                # of each iteration: unit-level mutation of the whole front (hypervolume)
+    band_width: float = 0.08                # a band's children cost within [limit x (1 - band_width), limit]
+    parents: int = 16                       # per band: the best archs under its limit
+    gene_share: float = 0.5                 # of a band's candidates: OFA gene mutation ...
+    crossover_share: float = 0.25           # ... crossover; the rest: unit-level add/remove/swap edits
+    arch_mutate_prob: float = 0.1
+    resolution_mutate_prob: float = 0.25
+    candidates_per_child: int = 8           # cost-checked candidates drawn per child wanted, per round
+    child_rounds: int = 6
+    attempts_per_arch: int = 100
+
+
+@dataclass
 class RandomConfig(SearchConfig):
     _target_: str = "blockprof.search.strategies.RandomSearch"
     name: str = "random"
@@ -138,7 +158,7 @@ class Strategy:
     def check(self) -> None:
         c = self.cfg
         _positive(c, "budget", "stall_iterations")
-        if c.iterations < 0:
+        if c.iterations is not None and c.iterations < 0:
             raise UserError(f"search.iterations must be >= 0, not {c.iterations}")
 
     # ------------------------------------------------------------ hooks
@@ -401,6 +421,106 @@ class Evolution(Strategy):
         self.population = parents + kids
 
 
+# ===================================================================== bands
+class Bands(Strategy):
+    """Per-budget bands around `cost_limits`, sharing one memo of evaluations.
+
+    Each iteration spends `front_share` of its evaluations on unit-level mutation of
+    the whole front (the paper's move, for the hypervolume) and splits the rest
+    evenly over the cost limits. For limit L, the parents are the `parents` most
+    accurate archs scored so far with cost <= L; children come from OFA's gene
+    mutation, crossover and unit-level edits, are cost-checked (free), and only
+    unseen ones costing within [L x (1 - band_width), L] are scored: the best arch
+    under a budget lies just under it, so evaluations are spent there. A band that
+    cannot fill its share with such children takes any unseen child under L; what
+    is left still goes to the front. The state is the memo itself (parents are
+    re-read from it), so resume needs nothing more than the journal.
+    """
+    Config = BandsConfig
+
+    def check(self):
+        super().check()
+        c = self.cfg
+        _positive(c, "init_size", "budget_per_iter", "parents", "candidates_per_child", "child_rounds",
+                  "attempts_per_arch")
+        _prob(c, "front_share", "band_width", "gene_share", "crossover_share", "arch_mutate_prob",
+              "resolution_mutate_prob")
+        if c.gene_share + c.crossover_share > 1 + 1e-9:
+            raise UserError("search.gene_share + search.crossover_share must be <= 1")
+
+    def initialize(self):
+        self.ev.score(self.sample_unique(min(self.cfg.init_size, self.cfg.budget)), 0, "init")
+
+    def band_parents(self, limit: float) -> np.ndarray:
+        acc, cost = self.acc(), self.cost()
+        ok = np.flatnonzero(cost <= limit + FEASIBLE_EPS)
+        if ok.size == 0:  # nothing under the limit yet: start from the cheapest archs
+            return np.argsort(cost, kind="stable")[: self.cfg.parents]
+        return ok[np.argsort(-acc[ok], kind="stable")][: self.cfg.parents]
+
+    def _candidates(self, parents: list[Arch], n: int) -> list[Arch]:
+        c, rng, mut = self.cfg, self.rng, self.mutator
+        n_gene = int(round(c.gene_share * n))
+        n_cross = int(round(c.crossover_share * n)) if len(parents) > 1 else 0
+        n_unit = max(0, n - n_gene - n_cross)
+        packed = mut.pack(parents)
+        P = len(parents)
+        out = mut.gene_mutate_rows(packed, rng.integers(0, P, size=n_gene), c.arch_mutate_prob,
+                                   c.resolution_mutate_prob, rng)
+        if n_cross:
+            a = rng.integers(0, P, size=n_cross)
+            b = (a + rng.integers(1, P, size=n_cross)) % P  # two different parents
+            out += mut.crossover_rows(packed, a, b, rng)
+        out += [mut.mutate(parents[int(i)], rng) for i in rng.integers(0, P, size=n_unit)]
+        return out
+
+    def band_children(self, limit: float, need: int, taken: set) -> list[Arch]:
+        """Up to `need` unseen archs, not in `taken`, costing within the band under
+        `limit` (else anything under it)."""
+        c = self.cfg
+        lo = limit * (1 - c.band_width)
+        parents = [self.ev.archs[i] for i in self.band_parents(limit)]
+        picked, spare, local = [], [], set()
+        for _ in range(c.child_rounds):
+            if len(picked) >= need:
+                break
+            cands = self._candidates(parents, c.candidates_per_child * (need - len(picked)))
+            costs = self.ev.cost(cands)
+            for a, v in zip(cands, costs):
+                if a in local or a in taken or a in self.ev or v > limit + FEASIBLE_EPS:
+                    continue
+                local.add(a)
+                (picked if v >= lo else spare).append(a)
+        return (picked + spare)[:need]
+
+    def step(self, it):
+        c = self.cfg
+        n = min(c.budget_per_iter, self.remaining)
+        limits = sorted(self.limits)
+        n_bands = n - int(round(c.front_share * n)) if limits else 0
+        share = np.full(len(limits), n_bands // max(1, len(limits)))
+        share[: n_bands - int(share.sum())] += 1
+        taken: set[Arch] = set()
+        groups: list[tuple[list[Arch], str]] = []
+        for lim, k in zip(limits, share):
+            kids = self.band_children(lim, int(k), taken)
+            taken.update(kids)
+            groups.append((kids, f"band_{lim:g}"))
+        rest = n - len(taken)
+        if rest > 0:
+            acc, cost = self.acc(), self.cost()
+            front = [self.ev.archs[i] for i in front_order(acc, cost, non_dominated(acc, cost))]
+            seen = lambda a: a in self.ev or a in taken  # noqa: E731
+            groups.append((mutate_archs(self.mutator, front, rest, self.rng, seen=seen,
+                                        attempts_per_arch=c.attempts_per_arch), "front"))
+        for kids, origin in groups:
+            self.ev.score(kids, it, origin)
+
+    def selected(self):
+        return np.unique(np.concatenate([self.band_parents(lim)[:1] for lim in self.limits]
+                                        + [np.flatnonzero(non_dominated(self.acc(), self.cost()))]))
+
+
 # ===================================================================== random
 class RandomSearch(Strategy):
     Config = RandomConfig
@@ -416,4 +536,4 @@ class RandomSearch(Strategy):
         self.ev.score(self.sample_unique(min(self.cfg.budget_per_iter, self.remaining)), it, "sample")
 
 
-STRATEGIES = {cls.Config.name: cls for cls in (RMPareto, RMConsAcc, Evolution, RandomSearch)}
+STRATEGIES = {cls.Config.name: cls for cls in (RMPareto, RMConsAcc, Evolution, Bands, RandomSearch)}

@@ -19,6 +19,10 @@ os.environ.setdefault("BLOCKPROF_ASSET_MIRROR", str(SHARED_ASSETS))
 os.environ.setdefault("BLOCKPROF_CACHE", tempfile.mkdtemp(prefix="blockprof-test-cache-"))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: kills, races and other multi-process cases (run with -m slow)")
+
+
 def compose(overrides: list[str], output_root: Path):
     """A real Hydra composition of conf/ (no app run), pointed at a tmp output root."""
     from hydra import compose as hydra_compose

@@ -1,21 +1,36 @@
-"""The one place a composed config becomes a run: validate, build the space and
-metrics, open the MLflow run, hand over to the task."""
+"""The one place a composed config becomes a run: validate, build the space, the task and
+the metrics, open the MLflow run, hand over to the task.
+
+Order matters for "bad input leaves nothing behind": everything that can fail on the
+user's input (schema, metric combination, the task's own checks) runs before the run
+folder is written to and before the MLflow run opens; a user error that still happens
+later removes the run folder Hydra made when it holds nothing of value.
+"""
 from __future__ import annotations
 
+import logging
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from hydra.utils import get_method
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
-from blockprof.common.errors import UserError
-from blockprof.metrics.base import Metric
 from blockprof.app.metric_factory import build_metrics, check_metric_config
-from blockprof.core.space import DesignSpace, build_space
+from blockprof.app.schema import unknown_keys
+from blockprof.app.task import Task
+from blockprof.common.errors import UserError
+from blockprof.core.space import DesignSpace
 from blockprof.infra.tracking import resolve_output_root, track_run
+from blockprof.metrics.base import Metric
+
+log = logging.getLogger(__name__)
+GROUPS = ("space", "device", "metric", "task", "tracking")
+# files Hydra and logging put in every run folder: a folder holding only these is empty
+_NO_VALUE = {".hydra", "run.log"}
 
 
 @dataclass
@@ -32,9 +47,8 @@ class RunContext:
         """Built on first use: tasks that never score (measure) never load tables or predictors."""
         if self._metrics is None:
             self._metrics = build_metrics(self.cfg, self.space)
-            for m in self._metrics.values():  # memoising metrics (supernet accuracy) keep their memo here
-                if hasattr(m, "bind_run_dir"):
-                    m.bind_run_dir(self.run_dir)
+            for m in self._metrics.values():
+                m.bind_run_dir(self.run_dir)
         return self._metrics
 
     @property
@@ -43,16 +57,40 @@ class RunContext:
 
 
 def space_from_config(cfg: DictConfig) -> DesignSpace:
-    s = cfg.space
-    return build_space(s.name, resolutions=list(s.resolutions), width_mult=s.get("width_mult"))
+    """`space._target_` builds the design space from the group's keys."""
+    try:
+        return instantiate(cfg.space, _convert_="all")
+    except UserError:
+        raise
+    except Exception as exc:  # instantiate wraps the constructor's own UserError
+        cause = exc.__cause__
+        if isinstance(cause, UserError):
+            raise cause from None
+        raise
+
+
+def build_task(cfg: DictConfig) -> Task:
+    """`task._target_` names a Task class; it gets the `task` node."""
+    target = cfg.task.get("_target_")
+    try:
+        cls = get_class(str(target))
+    except Exception:
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise UserError(f"task '{cfg.task.get('name')}' names no Task class (_target_ {target})")
+    return cls(cfg.task)
 
 
 def validate(cfg: DictConfig) -> None:
-    """Checks that need more than YAML: fail at start with one line."""
-    for key in ("space", "device", "metric", "task", "tracking"):
+    """Checks that need more than the schema: fail at start with one line."""
+    for key in GROUPS:
         if key not in cfg:
             raise UserError(f"config lacks the '{key}' group")
-    if not isinstance(cfg.seed, int) or cfg.seed < 0:
+    extra = unknown_keys(cfg)
+    if extra:
+        key, known = extra[0]
+        raise UserError(f"unknown config key '{key}' (known here: {', '.join(known)})")
+    if cfg.seed < 0:
         raise UserError(f"seed must be a non-negative integer, not {cfg.seed!r}")
     if cfg.tracking.backend not in ("local", "none", "server"):
         raise UserError(f"unknown tracking.backend '{cfg.tracking.backend}' (local, none, server)")
@@ -63,45 +101,78 @@ def run_dir_of(cfg: DictConfig) -> Path:
     try:
         from hydra.core.hydra_config import HydraConfig
         return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # composed outside a Hydra app (tests): a fresh folder under output_root
+    except ValueError:  # composed outside a Hydra app (tests, the Python API): a fresh folder under output_root
         import tempfile
         root = resolve_output_root(cfg) / "runs" / str(cfg.task.name)
         root.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix="run-", dir=root))
 
 
-def execute(cfg: DictConfig, run_dir: Path | None = None):
-    """Run the configured task; returns what the task returns. Raises UserError on bad input."""
+@dataclass
+class Outcome:
+    task: Task
+    result: object
+
+    @property
+    def objective(self) -> float | None:
+        return self.task.objective_value(self.result)
+
+
+def run(cfg: DictConfig, run_dir: Path | None = None) -> Outcome:
+    """Validate, build and run the configured task. Raises UserError on bad input."""
     validate(cfg)
     space = space_from_config(cfg)
-    run_dir = Path(run_dir) if run_dir else run_dir_of(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    task = build_task(cfg)
     torch.manual_seed(cfg.seed)
+    run_dir = Path(run_dir) if run_dir else run_dir_of(cfg)
     ctx = RunContext(cfg, space, np.random.default_rng(cfg.seed), run_dir)
-    try:
-        task = get_method(cfg.task._target_)
-    except Exception:
-        raise UserError(f"task '{cfg.task.get('name')}' has no runnable target '{cfg.task.get('_target_')}'") from None
     # metrics are built, and the task's own checks run, before the run opens:
     # a bad combination leaves nothing behind
-    if cfg.task.get("needs_metrics", True):
+    if task.needs_metrics:
         ctx.metrics
-    check = getattr(sys.modules.get(task.__module__), "validate", None)
-    if check is not None:
-        check(ctx)
-    with track_run(cfg, run_dir, task=str(cfg.task.name)) as tracker:
-        return task(ctx, tracker)
+    task.validate(ctx)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with track_run(cfg, run_dir, task=str(cfg.task.name), groups=task.groups) as tracker:
+        result = task.run(ctx, tracker)
+        outcome = Outcome(task, result)
+        if outcome.objective is not None:
+            tracker.log_metrics({f"objective.{cfg.task.objective}": outcome.objective})
+    return outcome
 
 
-def main_entry(cfg: DictConfig):
-    """Hydra's job function: user errors end in one line and a non-zero exit."""
+def execute(cfg: DictConfig, run_dir: Path | None = None):
+    """Run the configured task; returns what the task returns (the Python API and tests)."""
+    return run(cfg, run_dir).result
+
+
+def main_entry(cfg: DictConfig) -> float | None:
+    """Hydra's job function: returns the task's objective (for sweepers such as Optuna);
+    user errors end in one line and a non-zero exit."""
     try:
-        return execute(cfg)
+        outcome = run(cfg)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _remove_if_empty(run_dir_of(cfg))
+        from blockprof.app.errors import one_line_user_error
+        print(f"error: {one_line_user_error(exc)}", file=sys.stderr)
         if _in_multirun():
             raise  # let the sweep record this job as failed and go on
         sys.exit(2)
+    if outcome.objective is not None:
+        log.info("objective %s = %.6g", cfg.task.objective, outcome.objective)
+    return outcome.objective
+
+
+def _remove_if_empty(run_dir: Path) -> None:
+    """Drop the run folder Hydra made for a run that failed before writing anything."""
+    try:
+        if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _NO_VALUE:
+            logging.shutdown()  # close run.log before removing it
+            shutil.rmtree(run_dir, ignore_errors=True)
+            parent = run_dir.parent  # and the per-(space, device) folder if this run made it
+            if parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+    except OSError:
+        pass
 
 
 def _in_multirun() -> bool:
@@ -111,3 +182,4 @@ def _in_multirun() -> bool:
         return HydraConfig.get().mode == RunMode.MULTIRUN
     except Exception:
         return False
+

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import sys
 
+from hydra.utils import get_method
+
 from blockprof.common.errors import UserError
 from blockprof.core.space import DesignSpace
 from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
@@ -59,16 +61,16 @@ def check_metric_config(cfg, space_name: str, notify: bool = True) -> list[str]:
     return kept
 
 
-def _accuracy_predictor(cfg, space):
+def predictor_accuracy(cfg, space):
     return OFAAccuracyPredictor(space, cfg.metric.accuracy.get("checkpoint"))
 
 
-def _accuracy_supernet(cfg, space):
+def supernet_accuracy(cfg, space):
     from blockprof.metrics.supernet_accuracy import SupernetAccuracy  # heavy: ImageNet loaders
     return SupernetAccuracy.from_config(cfg, space)
 
 
-def _latency_lut(cfg, space):
+def lut_latency(cfg, space):
     table = cfg.device.latency.get("table")
     if space.name == "pn":
         return ProxylessMobileLatency(space, table)
@@ -76,19 +78,22 @@ def _latency_lut(cfg, space):
     return note10_latency(space, paths)
 
 
-def _latency_measured(cfg, space):
+def measured_latency(cfg, space):
+    from blockprof.infra.tracking import resolve_path
     lat = cfg.device.latency
-    return MeasuredLatency(space, device=lat.hw, threads=lat.threads, warmup=lat.warmup,
-                           repeats=lat.repeats, stat=lat.stat, progress=True)
+    return MeasuredLatency.from_config(lat, space, cache_dir=resolve_path(lat.get("cache_dir") or "outputs/cache/onnx", cfg),
+                                       seed=int(cfg.seed))
 
 
-def _latency_predictor(cfg, space):
-    from blockprof.predictors.latency import load_latency_predictor  # torch models, trained on demand
-    return load_latency_predictor(cfg, space)
+def predictor_latency(cfg, space):
+    from blockprof.app.latency_data import predictor_latency_metric  # torch models, trained on demand
+    return predictor_latency_metric(cfg, space)
 
 
-ACCURACY_SOURCES = {"predictor": _accuracy_predictor, "supernet": _accuracy_supernet}
-LATENCY_SOURCES = {"lut": _latency_lut, "measured": _latency_measured, "predictor": _latency_predictor}
+# `metric.accuracy._target_` / `device.latency._target_` name one of the builders above
+# (`<source>_accuracy`, `<source>_latency`): the sources a user can choose
+ACCURACY_SOURCES = ("predictor", "supernet")
+LATENCY_SOURCES = ("lut", "measured", "predictor")
 
 
 def build_metrics(cfg, space: DesignSpace) -> dict[str, Metric]:
@@ -100,7 +105,7 @@ def build_metrics(cfg, space: DesignSpace) -> dict[str, Metric]:
         elif name == "params_m":
             out[name] = params_metric(space)
         elif name == "accuracy":
-            out[name] = ACCURACY_SOURCES[cfg.metric.accuracy.source](cfg, space)
+            out[name] = get_method(cfg.metric.accuracy._target_)(cfg, space)
         elif name == "latency":
-            out[name] = LATENCY_SOURCES[cfg.device.latency.source](cfg, space)
+            out[name] = get_method(cfg.device.latency._target_)(cfg, space)
     return out

@@ -11,6 +11,9 @@ kills a task and never loses a result.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import functools
 import json
 import os
@@ -31,6 +34,8 @@ MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 # Written to every run folder: whether the run reached MLflow, and a journal of what was
 # logged, so `python -m blockprof.sync <folder>` can upload a run whose tracking failed.
 MARKER = "tracking.json"
+# Held (flock) by the live run that owns a run folder; removed when that run ends.
+RUN_LOCK = ".run.lock"
 
 
 # ---------------------------------------------------------------- config helpers
@@ -106,6 +111,41 @@ def _reason(e: BaseException) -> str:
 
 
 # ---------------------------------------------------------------- store setup
+def _sqlite_file(uri: str | None) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    if not uri or not str(uri).startswith("sqlite:///"):
+        return None
+    return Path(str(uri)[len("sqlite:///"):].split("?", 1)[0])
+
+
+@contextlib.contextmanager
+def store_lock(uri: str | None):
+    """Exclusive lock beside a SQLite store while it is created or migrated.
+
+    MLflow builds the schema when a client first opens the file; two processes doing
+    that at once break the store for good (alembic migration races), so every process
+    opens a new client under this lock. Other URIs: no lock needed."""
+    db = _sqlite_file(uri)
+    if db is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(db.with_name(db.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # blocks: schema creation takes about a second
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _open_client(uri: str):
+    """An MlflowClient whose store exists with the current schema (created under the lock)."""
+    from mlflow.tracking import MlflowClient
+
+    with store_lock(uri):
+        return MlflowClient(tracking_uri=uri)
+
+
 def _quiet_store_logs() -> None:
     """MLflow logs its schema creation at INFO on stderr; keep user output clean."""
     import logging
@@ -128,10 +168,8 @@ def prepare_store(cfg: DictConfig) -> None:
     uri, art = _store(cfg)
     _quiet_store_logs()
     try:
-        from mlflow.tracking import MlflowClient
-
         # Creating the client builds (or migrates) the schema.
-        _get_or_create_experiment(MlflowClient(tracking_uri=uri), str(cfg.tracking.experiment), art)
+        _get_or_create_experiment(_open_client(uri), str(cfg.tracking.experiment), art)
     except Exception as e:
         print(f"tracking: could not prepare MLflow store {uri} ({_reason(e)})", file=sys.stderr)
 
@@ -149,8 +187,9 @@ class PrepareStoreCallback(Callback):
             OmegaConf.set_readonly(config.hydra, None)  # set_config froze it; undo
         prepare_store(config)
 
-    # A single run creates its store itself, after the config is validated: a user
-    # error must leave nothing behind. Only parallel jobs need it done up front.
+    # A single run creates its store itself (under the store lock, so runs started at
+    # the same moment are safe), after the config is validated: a user error must leave
+    # nothing behind. Parallel jobs get it done once, up front.
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._prepare(config)
 
@@ -169,9 +208,13 @@ def git_commit() -> str:
         return "unknown"
 
 
-def flatten_config(cfg: DictConfig) -> dict[str, str]:
-    """Resolved config (without ``hydra``) as {"a.b.c": str(value)} for MLflow params."""
+def flatten_config(cfg: DictConfig, groups: tuple[str, ...] | None = None) -> dict[str, str]:
+    """Resolved config (without ``hydra``) as {"a.b.c": str(value)} for MLflow params;
+    with ``groups``, only those groups, ``task`` and ``seed`` (what the task reads)."""
     container = _container(cfg)
+    if groups is not None:
+        keep = {*groups, "task", "seed"}
+        container = {k: v for k, v in container.items() if k in keep}
     flat: dict[str, str] = {}
 
     def walk(node: Any, prefix: str) -> None:
@@ -208,17 +251,120 @@ def _sweep_tags() -> dict[str, str]:
         return {}
 
 
+# ---------------------------------------------------------------- run folder ownership
+class RunDirLock:
+    """A live run's hold on its folder: an flock on ``<run_dir>/.run.lock`` (released by
+    the OS when the process dies, so a killed run's folder can be resumed)."""
+
+    def __init__(self, run_dir: Path, fd: int):
+        self.run_dir, self.fd, self.depth = run_dir, fd, 1
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / RUN_LOCK
+
+    def release(self) -> None:
+        self.depth -= 1
+        if self.depth > 0 or self.fd < 0:
+            return
+        _HELD.pop(self.run_dir, None)
+        try:
+            os.unlink(self.path)  # while still locked: a waiting run then sees a fresh file
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = -1
+
+
+_HELD: dict[Path, RunDirLock] = {}  # folders this process holds (the app may claim before the tracker)
+
+
+def _marker_task(run_dir: Path) -> str | None:
+    """The task recorded in a folder's ``tracking.json``, if any."""
+    try:
+        m = json.loads((run_dir / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict):
+        return None
+    return m.get("task") or (m.get("tags") or {}).get("task")
+
+
+def claim_run_dir(run_dir: str | os.PathLike, task: str) -> RunDirLock:
+    """Take ``run_dir`` for a live ``task`` run, or raise UserError: when another live
+    run holds it, or it holds a run of another task. Call ``release()`` when done.
+    Re-entrant within one process (the app and the tracker may both claim)."""
+    run_dir = Path(run_dir).resolve()
+    held = _HELD.get(run_dir)
+    if held is not None:
+        held.depth += 1
+        return held
+    other = _marker_task(run_dir)
+    if other is not None and other != task:
+        raise UserError(f"{run_dir} holds a task={other} run; a task={task} run needs its own folder "
+                        "(leave hydra.run.dir at its default or pick an empty folder)")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create run folder {run_dir} ({e.strerror or e}); "
+                        "set paths.output_root to a writable folder") from None
+    path = run_dir / RUN_LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise UserError(f"cannot write in run folder {run_dir} ({e.strerror or e}); "
+                            "set paths.output_root to a writable folder") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            try:
+                owner = path.read_text().strip() or "?"
+            except OSError:
+                owner = "?"
+            raise UserError(f"run folder {run_dir} is in use by another live run (pid {owner}); "
+                            "wait for it to end or use another folder") from None
+        try:  # the holder may have removed the file between our open and flock: retry on the new one
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    lock = _HELD[run_dir] = RunDirLock(run_dir, fd)
+    return lock
+
+
+def _previous_run(run_dir: Path, uri: str | None, experiment: str, task: str) -> str | None:
+    """The MLflow run id an unfinished earlier run of this folder left (to continue it)."""
+    try:
+        m = json.loads((run_dir / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or m.get("status") == "FINISHED" or not m.get("run_id"):
+        return None
+    if m.get("uri") != uri or m.get("experiment") != experiment or _marker_task(run_dir) != task:
+        return None
+    return str(m["run_id"])
+
+
 # ---------------------------------------------------------------- the run
 class RunTracker:
     """One MLflow run scoped to a ``with`` block; see :func:`track_run`."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, task: str,
-                 tags: dict | None = None, nested: bool = False):
-        self.cfg, self.run_dir, self.task = cfg, Path(run_dir), task
+                 tags: dict | None = None, nested: bool = False, groups: tuple[str, ...] | None = None):
+        self.cfg, self.run_dir, self.task, self.groups = cfg, Path(run_dir), task, groups
         self.extra_tags, self.nested = dict(tags or {}), nested
         self.enabled = _backend(cfg) != "none"
         self._run_id: str | None = None
         self._mlflow = None
+        self._lock: RunDirLock | None = None
         self._marker: dict = {"journal": {"params": [], "metrics": [], "tags": [], "artifacts": []}}
 
     @property
@@ -268,13 +414,20 @@ class RunTracker:
         # Config errors raise before anything is written: they are the user's to fix.
         uri, art = _store(self.cfg) if self.enabled else (None, None)
         _quiet_store_logs()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        cfg_yaml = OmegaConf.to_yaml(OmegaConf.create(_container(self.cfg)))
-        cfg_path = atomic_write(self.run_dir / "config.yaml", lambda p: Path(p).write_text(cfg_yaml))
         t = self.cfg.tracking
+        # Before anything is written: refuse a folder another live run or another task holds.
+        self._lock = claim_run_dir(self.run_dir, self.task)
+        resume_id = _previous_run(self.run_dir, uri, str(t.experiment), self.task) if self.enabled else None
+        try:
+            cfg_yaml = OmegaConf.to_yaml(OmegaConf.create(_container(self.cfg)))
+            cfg_path = atomic_write(self.run_dir / "config.yaml", lambda p: Path(p).write_text(cfg_yaml))
+        except OSError as e:
+            self._release()
+            raise UserError(f"cannot write in run folder {self.run_dir} ({e.strerror or e}); "
+                            "set paths.output_root to a writable folder") from None
         self._marker.update(backend=_backend(self.cfg), uri=uri, artifact_location=art, experiment=str(t.experiment),
-                            run_name=f"{self.task}-{self.run_dir.name}", start_ms=int(time.time() * 1000),
-                            tags=self._tags(), error=None)
+                            task=self.task, run_name=f"{self.task}-{self.run_dir.name}",
+                            start_ms=int(time.time() * 1000), tags=self._tags(), error=None)
         if not self.enabled:
             self._write_marker("RUNNING")
             return self
@@ -290,11 +443,21 @@ class RunTracker:
             # must not become our parent or swallow our metrics.
             while mlflow.active_run() is not None and not self.nested:
                 mlflow.end_run()
-            exp_id = _get_or_create_experiment(mlflow.tracking.MlflowClient(uri), str(t.experiment), art)
-            run = mlflow.start_run(experiment_id=exp_id, run_name=f"{self.task}-{self.run_dir.name}",
-                                   nested=self.nested, tags=self._tags())
+            client = _open_client(uri)
+            exp_id = _get_or_create_experiment(client, str(t.experiment), art)
+            run = None
+            if resume_id is not None:  # a killed or failed run of this folder: continue its MLflow run
+                try:
+                    if client.get_run(resume_id).info.experiment_id == exp_id:
+                        run = mlflow.start_run(run_id=resume_id, nested=self.nested)
+                        mlflow.set_tags({"resumed": "true"})
+                except Exception:  # deleted meanwhile, another store: start a new one
+                    run = None
+            if run is None:
+                run = mlflow.start_run(experiment_id=exp_id, run_name=f"{self.task}-{self.run_dir.name}",
+                                       nested=self.nested, tags=self._tags())
             self._run_id = run.info.run_id
-            mlflow.log_params(flatten_config(self.cfg))
+            mlflow.log_params(flatten_config(self.cfg, self.groups))
             mlflow.log_artifact(str(cfg_path))
 
         try:
@@ -311,10 +474,21 @@ class RunTracker:
     def __exit__(self, exc_type, exc, tb) -> bool:
         status = "FINISHED" if exc_type is None else (
             "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED")
+        if exc is not None:  # the run says why it ended, in MLflow and in the marker
+            why = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
+            self._marker["task_error"] = why
+            if self.enabled and self._run_id is not None:
+                self._call(lambda m: m.set_tag("error", why))
         if self.enabled and self._run_id is not None:
             self._call(lambda m: m.end_run(status=status))
         self._write_marker(status)
+        self._release()
         return False  # never swallow the task's exception
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _record(self, kind: str, entries: list, fn) -> None:
         """Send one logging call and journal its entries with whether they reached MLflow."""
@@ -382,6 +556,7 @@ def _artifact_dir(name: str) -> str | None:
 
 
 def track_run(cfg: DictConfig, run_dir: Path, task: str, tags: dict | None = None,
-              nested: bool = False) -> RunTracker:
-    """``with track_run(cfg, run_dir, "profile") as tr: tr.log_metrics(...)``."""
-    return RunTracker(cfg, run_dir, task, tags=tags, nested=nested)
+              nested: bool = False, groups: tuple[str, ...] | None = None) -> RunTracker:
+    """``with track_run(cfg, run_dir, "profile") as tr: tr.log_metrics(...)``; ``groups``:
+    the config groups the task reads (only those are logged as params)."""
+    return RunTracker(cfg, run_dir, task, tags=tags, nested=nested, groups=groups)

@@ -21,7 +21,10 @@ class Metric(ABC):
     name: str
     unit: str
     higher_is_better: bool
-    slow: bool = False  # seconds per arch (timing, ImageNet evaluation) rather than microseconds
+    slow: bool = False  # seconds per arch (timing, ImageNet evaluation): tasks score it in small, resumable batches
+
+    def bind_run_dir(self, run_dir) -> None:
+        """Where a metric that memoises its results (ImageNet accuracy) keeps them; most keep nothing."""
 
     @abstractmethod
     def evaluate(self, archs: Sequence[Arch]) -> np.ndarray:

@@ -1,18 +1,28 @@
-"""task=evaluate: score N sampled archs (or archs from a seed-format CSV) on every metric."""
+"""task=evaluate: score N sampled archs, or the archs of a list, on every metric.
+
+    python run.py task=evaluate task.num_archs=100
+    python run.py task=evaluate task.archs_csv=outputs/runs/search/<run>/front.csv
+
+`task.archs_csv` takes any arch list blockprof reads (blockprof/core/archlist.py):
+a seed-format latency CSV, an evaluate archs.csv, a search scored/front/best.csv,
+a profile samples.csv.
+"""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 
 from blockprof.common.errors import UserError
-from blockprof.core.latency_csv import read_archs_csv
+from blockprof.core.archlist import read_archs
+from blockprof.infra.tracking import resolve_path
 from blockprof.metrics.base import score
+from blockprof.app.task import Task
 
 
 def archs_to_score(ctx):
     t = ctx.cfg.task
     if t.archs_csv:
-        return read_archs_csv(t.archs_csv, ctx.space)
+        return read_archs(resolve_path(t.archs_csv, ctx.cfg), ctx.space)
     if int(t.num_archs) < 1:
         raise UserError(f"task.num_archs must be >= 1, not {t.num_archs}")
     return ctx.space.sample(np.random.default_rng(ctx.cfg.seed), int(t.num_archs))
@@ -38,3 +48,14 @@ def run(ctx, tracker):
     tracker.log_metrics({"num_archs": len(archs), **summary})
     print(f"scored {len(archs)} archs -> {ctx.run_dir / 'archs.csv'}")
     return df
+
+
+class EvaluateTask(Task):
+    """Score sampled archs or an arch list on every metric."""
+    groups = ("space", "device", "metric")
+
+    def validate(self, ctx) -> None:
+        validate(ctx)
+
+    def run(self, ctx, tracker):
+        return run(ctx, tracker)

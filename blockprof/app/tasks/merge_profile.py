@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 from blockprof.common.errors import UserError
 from blockprof.app.tasks.profile import all_groups, write_outputs
+from blockprof.app.task import Task
 
 # settings that must agree between the shards and this merge
 _SAME = ("seed", "space.name", "space.resolutions", "device.name", "metric.names", "task.num_archs",
@@ -47,3 +48,11 @@ def run(ctx, tracker):
     summary = write_outputs(ctx, tracker, groups, samples)
     print(f"merged {len(inputs)} shards: {len(groups) - 1} slot groups -> {ctx.run_dir}")
     return summary
+
+
+class MergeProfileTask(Task):
+    """Join the folders of a sharded profile."""
+    groups = ("space", "device", "metric")
+
+    def run(self, ctx, tracker):
+        return run(ctx, tracker)

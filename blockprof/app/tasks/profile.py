@@ -10,9 +10,11 @@ import pandas as pd
 
 from blockprof.infra import plots
 from blockprof.common.errors import UserError
+from blockprof.common.fileio import atomic_write
 from blockprof.metrics.base import score
 from blockprof.app.profiling import BASELINE, ChunkStore, base_archs, group_archs, make_groups, samples_frame, summarise
 from blockprof.common.progress import progress
+from blockprof.app.task import Task
 
 
 def _settings_key(cfg, groups, metric_names) -> str:
@@ -51,8 +53,11 @@ def run(ctx, tracker):
     cfg = ctx.cfg
     groups = shard_of(cfg, all_groups(cfg, ctx.space))
     n = int(cfg.task.num_archs)
-    slow = any(getattr(m, "slow", False) for m in ctx.metrics.values())
-    per_chunk = 1 if slow else max(1, int(cfg.task.chunk_archs) // n)
+    slow = [m for m in ctx.metrics.values() if m.slow]
+    # slow metrics: batches of about one timing chunk (`archs_per_call`), so the slots of a
+    # batch are timed in the same interleaved rounds and an interrupted run loses little
+    per_chunk = (max(1, min(getattr(m, "archs_per_call", n) for m in slow) // n) if slow
+                 else max(1, int(cfg.task.chunk_archs) // n))
     metric_names = list(ctx.metrics)
     store = ChunkStore(ctx.run_dir)
     key = _settings_key(cfg, groups, metric_names)
@@ -118,5 +123,18 @@ def _heatmaps(ctx, tracker, summary: pd.DataFrame, metric_names) -> None:
             title = (f"{ctx.space.name} on {ctx.cfg.device.name}: {label}, "
                      f"{int(base['n'])} archs per block")
             fig = plots.block_heatmaps(view, col, title, label, diverging=div and math.isfinite(view[col].abs().max()))
-            tracker.log_figure(fig, f"heatmap_{m}_{suffix}.png")
+            name = f"heatmap_{m}_{suffix}.png"
+            # fixed layout: saved as drawn (the tracker's tight-bbox save would draw it twice)
+            tracker.log_artifact(atomic_write(tracker.run_dir / name, lambda p: plots.save_png(fig, p)))
             plots.close(fig)
+
+
+class ProfileTask(Task):
+    """Profile every configured slot against a random baseline."""
+    groups = ("space", "device", "metric")
+
+    def validate(self, ctx) -> None:
+        validate(ctx)
+
+    def run(self, ctx, tracker):
+        return run(ctx, tracker)

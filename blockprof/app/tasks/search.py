@@ -37,6 +37,7 @@ from blockprof.search.mutation import Mutator
 from blockprof.search.pareto import non_dominated
 from blockprof.search.runner import SearchRunner
 from blockprof.search.strategies import ACCURACY, STRATEGIES, Strategy
+from blockprof.app.task import Task
 
 COSTS = ("latency", "mmacs", "params_m")
 
@@ -105,8 +106,7 @@ def run(ctx, tracker):
     resume_dir = cfg.task.get("resume_dir")
     work = Path(to_absolute_path(str(resume_dir))) if resume_dir else Path(ctx.run_dir)
     for m in ctx.metrics.values():  # memoising metrics (supernet accuracy) keep their memo with the checkpoint
-        if hasattr(m, "bind_run_dir"):
-            m.bind_run_dir(work)
+        m.bind_run_dir(work)
     ckpt = Checkpoint(work, durable=bool(cfg.task.get("fsync", True)))
     if resume_dir and not ckpt.exists():
         raise UserError(f"task.resume_dir {work} holds no search checkpoint ({ckpt.state_path} is missing)")
@@ -205,3 +205,18 @@ def plot_front(scored: pd.DataFrame, cost: str, unit: str, strategy: Strategy, t
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     return fig
+
+
+class SearchTask(Task):
+    """Predictor-guided search; its objective is the final hypervolume."""
+    groups = ("space", "device", "metric", "search")
+
+    def validate(self, ctx) -> None:
+        validate(ctx)
+
+    def run(self, ctx, tracker):
+        return run(ctx, tracker)
+
+    def objective_value(self, result) -> float | None:
+        last = result["history"][-1] if result.get("history") else {}
+        return super().objective_value({k: v for k, v in last.items() if isinstance(v, (int, float))})

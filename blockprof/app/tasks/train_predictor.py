@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from blockprof.common.errors import UserError
 from blockprof.infra.tracking import resolve_path
+from blockprof.app.task import Task
 
 
 def run(ctx, tracker):
-    from blockprof.predictors.latency import missing_data_message
+    from blockprof.app.latency_data import ensure_latency_csv
     from blockprof.predictors.train import TrainOptions, train_from_csv
 
     cfg, t = ctx.cfg, ctx.cfg.task
@@ -29,10 +30,22 @@ def run(ctx, tracker):
     if not ckpt:
         raise UserError("set task.checkpoint: where to write the trained predictor")
     ckpt_path = resolve_path(ckpt, cfg)
-    if not csv_path.is_file():
-        raise UserError(missing_data_message(cfg, ctx.space, csv_path))
+    csv_path = ensure_latency_csv(cfg, ctx.space, csv_path)  # npu/gpu/cpu: the seed's CSV, fetched
     keys = ("split", "max_epochs", "patience", "batch_size", "lr", "weight_decay", "hidden", "layers", "ridge",
             "loss", "threads")
     opts = TrainOptions.from_config({k: t[k] for k in keys if t.get(k) is not None}, model=model)
     return train_from_csv(ctx.space, csv_path, str(cfg.device.name), opts, int(cfg.seed), ckpt_path,
                           tracker, ctx.run_dir, log_model=bool(t.get("log_model", True)))
+
+
+class TrainPredictorTask(Task):
+    """Fit a latency predictor; its objective is the test MAPE."""
+    groups = ("space", "device")
+
+    def run(self, ctx, tracker):
+        return run(ctx, tracker)
+
+    def objective_value(self, result) -> float | None:
+        values = {k: v for k, v in result.get("info", {}).items() if isinstance(v, (int, float))}  # dev_mape, ...
+        values.update({f"test_{k}": v for k, v in result.get("test", {}).items()})
+        return super().objective_value(values)
