@@ -45,10 +45,11 @@ class PredictedLatency(Metric):
         return f"PredictedLatency({self.model.kind}, {self.checkpoint})"
 
 
-def load_predicted_latency(ckpt_path: Path, space: DesignSpace, kind: str, threads: int = 1) -> PredictedLatency:
-    """The metric of a saved checkpoint; its space, feature layout and model kind must match."""
+def load_predicted_latency(ckpt_path: Path, space: DesignSpace, kind: str, threads: int = 1,
+                           device: str | None = None) -> PredictedLatency:
+    """The metric of a saved checkpoint; its space, feature layout, model kind (and device) must match."""
     from blockprof.predictors.train import load_checkpoint
-    model, ckpt = load_checkpoint(ckpt_path, space)
+    model, ckpt = load_checkpoint(ckpt_path, space, device=device)
     if ckpt["model"] != kind:
         raise UserError(f"{ckpt_path} holds a '{ckpt['model']}' predictor but device.latency.model is '{kind}'")
     return PredictedLatency(model, ckpt_path, {k: ckpt[k] for k in ("data", "test", "created")}, threads=threads)

@@ -98,17 +98,33 @@ def _mape(pred, y) -> float:
 def fit_model(space: DesignSpace, opts: TrainOptions, train: tuple[Sequence[Arch], np.ndarray],
               dev: tuple[Sequence[Arch], np.ndarray], seed: int = 0,
               on_epoch: Callable[[int, dict], None] | None = None,
-              featurizer: OpGraphFeaturizer | None = None) -> tuple[LatencyModel, dict]:
-    """Fit one model; returns it and a summary (epochs, best dev MAPE, seconds)."""
+              featurizer: OpGraphFeaturizer | None = None,
+              init: LatencyModel | None = None) -> tuple[LatencyModel, dict]:
+    """Fit one model; returns it and a summary (epochs, best dev MAPE, seconds).
+    `init` (a gnn/rnn of the same kind and size, e.g. another device's): start from its
+    weights instead of a random init, i.e. fine-tune it on this device's few archs."""
+    if init is not None:
+        check_init(init, opts)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(int(opts.threads))
     try:
-        return _fit_model(space, opts, train, dev, seed, on_epoch, featurizer)
+        return _fit_model(space, opts, train, dev, seed, on_epoch, featurizer, init)
     finally:
         torch.set_num_threads(prev_threads)
 
 
-def _fit_model(space, opts, train, dev, seed, on_epoch, featurizer):
+def check_init(init: LatencyModel, opts: TrainOptions, where: str = "task.init_from") -> None:
+    """One-line refusals for a starting model that does not fit the requested one."""
+    if not isinstance(init, TorchLatencyModel):
+        raise UserError(f"{where}: only gnn/rnn predictors can be fine-tuned, this one is {init.kind}")
+    if init.kind != opts.model:
+        raise UserError(f"{where} holds a {init.kind} predictor, not {opts.model}; set task.model={init.kind}")
+    if (int(init.hparams["hidden"]), int(init.hparams["layers"])) != (int(opts.hidden), int(opts.layers)):
+        raise UserError(f"{where} has hidden={init.hparams['hidden']}, layers={init.hparams['layers']}; "
+                        f"set task.hidden and task.layers to match")
+
+
+def _fit_model(space, opts, train, dev, seed, on_epoch, featurizer, init=None):
     t0 = time.perf_counter()
     (a_tr, y_tr), (a_dev, y_dev) = train, dev
     y_tr, y_dev = np.asarray(y_tr, dtype=np.float64), np.asarray(y_dev, dtype=np.float64)
@@ -126,19 +142,26 @@ def _fit_model(space, opts, train, dev, seed, on_epoch, featurizer):
                 best = (m, d)
         model, info = best[0], {"dev_mape": best[1], "epochs": 0, "ridge": best[0].hparams["ridge"]}
     else:
-        model, info = _fit_torch(space, opts, a_tr, y_tr, a_dev, y_dev, seed, on_epoch, featurizer)
+        model, info = _fit_torch(space, opts, a_tr, y_tr, a_dev, y_dev, seed, on_epoch, featurizer, init)
     info["train_seconds"] = time.perf_counter() - t0
     return model, info
 
 
-def _fit_torch(space, opts, a_tr, y_tr, a_dev, y_dev, seed, on_epoch, featurizer):
+def _fit_torch(space, opts, a_tr, y_tr, a_dev, y_dev, seed, on_epoch, featurizer, init=None):
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = TorchLatencyModel(space, opts.model, {"hidden": opts.hidden, "layers": opts.layers}, featurizer)
-    model.scale = float(np.mean(y_tr))
     g_tr, g_dev = model.featurizer(a_tr), model.featurizer(a_dev)
-    if hasattr(model.net, "init_readout"):
-        model.net.init_readout(float(g_tr.lengths.float().mean()))
+    if init is not None:
+        # the net predicts latency / scale: keep the source device's shape, and take the
+        # scale that makes its predictions match this device's training archs on average
+        model.net.load_state_dict(init.net.state_dict())
+        ratio = y_tr / init.predict_graphs(g_tr)
+        model.scale = float(init.scale * np.exp(np.mean(np.log(ratio))))
+    else:
+        model.scale = float(np.mean(y_tr))
+        if hasattr(model.net, "init_readout"):
+            model.net.init_readout(float(g_tr.lengths.float().mean()))
     yt = torch.as_tensor(y_tr / model.scale, dtype=torch.float32)
     net = model.net
     optim = torch.optim.AdamW(net.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
@@ -172,7 +195,8 @@ def _fit_torch(space, opts, a_tr, y_tr, a_dev, y_dev, seed, on_epoch, featurizer
             since += 1
             if since >= opts.patience:
                 break
-    net.load_state_dict(best_state)
+    if best_state is not None:
+        net.load_state_dict(best_state)
     net.eval()
     return model, {"dev_mape": best_dev, "epochs": epoch, "best_epoch": best_epoch}
 
@@ -199,7 +223,8 @@ def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda tmp: torch.save(ckpt, tmp), durable=True)
 
 
-def load_checkpoint(path: str | os.PathLike, space: DesignSpace) -> tuple[LatencyModel, dict]:
+def load_checkpoint(path: str | os.PathLike, space: DesignSpace,
+                    device: str | None = None) -> tuple[LatencyModel, dict]:
     """The model in a checkpoint, checked against `space` (name, width, feature layout)."""
     from blockprof.predictors.features import check_signature
     path = Path(path)
@@ -213,6 +238,10 @@ def load_checkpoint(path: str | os.PathLike, space: DesignSpace) -> tuple[Latenc
     if ckpt.get("format_version") != CHECKPOINT_VERSION:
         raise UserError(f"{path} has checkpoint format {ckpt.get('format_version')}, this code reads "
                         f"{CHECKPOINT_VERSION}; retrain it with task=train_predictor")
+    trained_on = (ckpt.get("data") or {}).get("device")
+    if device is not None and trained_on and str(trained_on).lower() != str(device).lower():
+        raise UserError(f"{path} predicts latency on device {trained_on}, not {device}; point "
+                        f"device.latency.checkpoint at a predictor trained for {device}, or retrain")
     sp = ckpt["space"]
     width = float(getattr(space, "width_mult", 0.0) or 0.0)
     if sp["name"] != space.name or not math.isclose(sp["width_mult"], width):
@@ -243,18 +272,34 @@ def _measure_noise(csv_path: Path) -> dict:
 
 
 def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str, opts: TrainOptions, seed: int,
-                   ckpt_path: str | os.PathLike, tracker, run_dir: str | os.PathLike, log_model: bool = True) -> dict:
+                   ckpt_path: str | os.PathLike, tracker, run_dir: str | os.PathLike, log_model: bool = True,
+                   init_from: str | os.PathLike | None = None, train_archs: int | None = None,
+                   device_filter: str | None = None) -> dict:
     """Read a seed-format CSV, split (seeded), fit with early stopping on dev MAPE, report on
-    test, save the checkpoint atomically, log everything to `tracker`."""
+    test, save the checkpoint atomically, log everything to `tracker`.
+
+    Few-shot: `init_from` is another device's checkpoint (same space and features) to
+    fine-tune from; `train_archs` keeps only that many (seeded) archs of the training part."""
     import pandas as pd
     from blockprof.core.latency_csv import read_latency_csv
     from blockprof.predictors.report import fidelity, scatter_figure
 
     csv_path, ckpt_path, run_dir = Path(csv_path), Path(ckpt_path), Path(run_dir)
-    recs = read_latency_csv(csv_path, space)
+    recs = read_latency_csv(csv_path, space, device=device, device_filter=device_filter)  # one device, no mixing
     archs = [r.arch for r in recs]
     y = np.array([r.latency_ms for r in recs])
     tr, dv, te = split_indices(len(recs), np.random.default_rng(seed), opts.split)
+    init, init_info = None, None
+    if init_from:
+        init, ck = load_checkpoint(init_from, space)  # refuses another space / feature version
+        check_init(init, opts)
+        init_info = {"checkpoint": str(init_from), "device": ck.get("data", {}).get("device"),
+                     "sha256": sha256_file(Path(init_from))}
+    if train_archs is not None:
+        if int(train_archs) < 1:
+            raise UserError(f"task.train_archs must be >= 1, not {train_archs}")
+        if int(train_archs) < len(tr):
+            tr = np.sort(np.random.default_rng([seed, 7]).choice(tr, size=int(train_archs), replace=False))
     pick = lambda idx: [archs[i] for i in idx]  # noqa: E731
     tracker.log_params({f"train.{k}": v for k, v in opts.hparams().items()})
     tracker.set_tags({"model": opts.model, "csv": str(csv_path)})
@@ -264,16 +309,23 @@ def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str,
     def on_epoch(epoch, m):
         tracker.log_metrics(m, step=epoch)
 
-    model, info = fit_model(space, opts, (pick(tr), y[tr]), (pick(dv), y[dv]), seed=seed, on_epoch=on_epoch)
+    if init_info:
+        tracker.set_tags({"init_from": init_info["checkpoint"], "init_device": str(init_info["device"])})
+        print(f"train_predictor: fine-tuning from {init_from} (device {init_info['device']})", flush=True)
+    model, info = fit_model(space, opts, (pick(tr), y[tr]), (pick(dv), y[dv]), seed=seed, on_epoch=on_epoch,
+                            init=init)
     pred = model.predict(archs)
     test = fidelity(y[te], pred[te])
     report = {**{f"test_{k}": v for k, v in test.items()},
               **{f"dev_{k}": v for k, v in fidelity(y[dv], pred[dv]).items() if k in ("mape", "spearman")},
               **{f"train_{k}": v for k, v in fidelity(y[tr], pred[tr]).items() if k in ("mape", "spearman")},
               "train_seconds": info["train_seconds"], "epochs": info["epochs"], **_measure_noise(csv_path)}
-    data = {"csv": str(csv_path), "sha256": sha256_file(csv_path), "device": device, "rows": len(recs),
+    data = {"csv": str(csv_path), "sha256": sha256_file(csv_path), "device": device, "device_filter": device_filter,
+            "rows": len(recs),
             "seed": int(seed), "split_sizes": [len(tr), len(dv), len(te)],
             "latency_range_ms": [float(y.min()), float(y.max())]}
+    if init_info:
+        data["init_from"] = init_info
     ckpt = checkpoint_dict(model, opts, data, test)
     save_checkpoint(ckpt, ckpt_path)
 

@@ -92,12 +92,25 @@ class Evaluator:
                 out.append(a)
         return out
 
-    def score(self, archs: Sequence[Arch], iteration: int, origin: str, limit: int | None = None) -> np.ndarray:
+    def score(self, archs: Sequence[Arch], iteration: int, origin: str | Sequence[str],
+              limit: int | None = None) -> np.ndarray:
         """Score the unseen archs (at most `limit` of them, in order); memo indices of all
-        `archs` that are scored afterwards (unscored ones beyond the limit get -1)."""
-        new = self.new_unique(archs)
+        `archs` that are scored afterwards (unscored ones beyond the limit get -1).
+        `origin`: one label for all, or one per arch."""
+        if isinstance(origin, str):
+            new = self.new_unique(archs)
+            origins = [origin] * len(new)
+        else:
+            if len(origin) != len(archs):
+                raise ValueError(f"{len(origin)} origins for {len(archs)} archs")
+            new, origins, local = [], [], set()
+            for a, o in zip(archs, origin):
+                if a not in self.index and a not in local:
+                    local.add(a)
+                    new.append(a)
+                    origins.append(o)
         if limit is not None:
-            new = new[: max(0, limit)]
+            new, origins = new[: max(0, limit)], origins[: max(0, limit)]
         if new:
             vals = {}
             for name, m in self.metrics.items():
@@ -105,7 +118,7 @@ class Evaluator:
                     vals[name] = np.array([self.cost_cache[a] for a in new], dtype=np.float64)
                 else:
                     vals[name] = np.asarray(m.evaluate(new), dtype=np.float64).reshape(-1)
-            self._append(new, vals, [iteration] * len(new), [origin] * len(new))
+            self._append(new, vals, [iteration] * len(new), origins)
         idx = np.array([self.index.get(a, -1) for a in archs], dtype=np.int64)
         self.queries += int((idx >= 0).sum())
         return idx

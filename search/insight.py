@@ -17,6 +17,7 @@ Schema (one list entry per unit): `unit_candidates` (MBConv block names) or
 from __future__ import annotations
 
 import importlib.resources
+import logging
 
 import math
 import re
@@ -39,6 +40,7 @@ SPACE_FILE_ALIAS = {"mbv3_w10": "mbv3"}  # same block tokens and unit structure
 META_KEYS = {"space", "profile", "source", "rule", "evidence"}
 SCHEMA_KEYS = {"unit_candidates", "unit_width_indices", "unit_mutate_probs", "max_layers", "min_layers"}
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -283,7 +285,8 @@ def derive_from_summary(space: DesignSpace, df: pd.DataFrame, *, cost: str, rule
        and of the cost metric for candidate c (MBConv: the block; ResNet: the width
        index). Keep the candidates no other candidate of u beats on both (Pareto
        non-dominated in mean accuracy vs mean cost); if fewer than
-       `min_candidates` survive, add back the most accurate dominated ones.
+       `min_candidates` survive, add back the most accurate dominated ones. A unit
+       with fewer than `min_candidates` profiled candidates keeps its full list.
     2. depth: the deepest layer L of a unit that may vary in depth is forced only in
        archs where the unit is at full depth. Its price is (mean accuracy - baseline
        accuracy) / (mean cost - baseline cost) over L's rows. A unit whose price is
@@ -341,9 +344,15 @@ def derive_from_summary(space: DesignSpace, df: pd.DataFrame, *, cost: str, rule
         keys = sorted(acc[u], key=universe.index)
         A = np.array([np.mean(acc[u][k]) for k in keys])
         C = np.array([np.mean(cst[u][k]) for k in keys])
+        if len(keys) < rule.min_candidates:  # too little evidence to cut: keep the full list
+            evidence["candidates"][f"unit_{u}"] = {"kept_full_list": f"only {len(keys)} profiled "
+                                                   f"{ops.candidate_word}(s) < min_candidates {rule.min_candidates}"}
+            log.warning("from_profile: unit %d has only %d profiled %s(s) (< min_candidates %d): "
+                        "keeping its full candidate list", u, len(keys), ops.candidate_word, rule.min_candidates)
+            continue
         keep = non_dominated(A, C)
         for j in np.argsort(-A, kind="stable"):
-            if keep.sum() >= min(rule.min_candidates, len(keys)):
+            if keep.sum() >= rule.min_candidates:
                 break
             keep[j] = True
         cands[u] = tuple(k for k, m in zip(keys, keep) if m)

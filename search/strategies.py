@@ -474,24 +474,35 @@ class Bands(Strategy):
         out += [mut.mutate(parents[int(i)], rng) for i in rng.integers(0, P, size=n_unit)]
         return out
 
-    def band_children(self, limit: float, need: int, taken: set) -> list[Arch]:
-        """Up to `need` unseen archs, not in `taken`, costing within the band under
-        `limit` (else anything under it)."""
+    def band_children(self, limits: list[float], need: list[int]) -> list[list[Arch]]:
+        """Per limit, up to need[k] unseen, distinct archs costing within its band (else
+        anything under it). Candidates of all bands are cost-checked in one batch per round."""
         c = self.cfg
-        lo = limit * (1 - c.band_width)
-        parents = [self.ev.archs[i] for i in self.band_parents(limit)]
-        picked, spare, local = [], [], set()
+        parents = [[self.ev.archs[i] for i in self.band_parents(lim)] for lim in limits]
+        picked = [[] for _ in limits]
+        spare = [[] for _ in limits]
+        taken: set[Arch] = set()
         for _ in range(c.child_rounds):
-            if len(picked) >= need:
+            short = [k for k in range(len(limits)) if len(picked[k]) < need[k]]
+            if not short:
                 break
-            cands = self._candidates(parents, c.candidates_per_child * (need - len(picked)))
+            cands, owner = [], []
+            for k in short:
+                got = self._candidates(parents[k], c.candidates_per_child * (need[k] - len(picked[k])))
+                cands += got
+                owner += [k] * len(got)
             costs = self.ev.cost(cands)
-            for a, v in zip(cands, costs):
-                if a in local or a in taken or a in self.ev or v > limit + FEASIBLE_EPS:
+            for a, k, v in zip(cands, owner, costs):
+                lim = limits[k]
+                if v > lim + FEASIBLE_EPS or len(picked[k]) >= need[k] or a in taken or a in self.ev:
                     continue
-                local.add(a)
-                (picked if v >= lo else spare).append(a)
-        return (picked + spare)[:need]
+                taken.add(a)
+                (picked[k] if v >= lim * (1 - c.band_width) else spare[k]).append(a)
+        out = []
+        for k in range(len(limits)):
+            kids = picked[k] + spare[k][: max(0, need[k] - len(picked[k]))]
+            out.append(kids)
+        return out
 
     def step(self, it):
         c = self.cfg
@@ -500,21 +511,20 @@ class Bands(Strategy):
         n_bands = n - int(round(c.front_share * n)) if limits else 0
         share = np.full(len(limits), n_bands // max(1, len(limits)))
         share[: n_bands - int(share.sum())] += 1
-        taken: set[Arch] = set()
-        groups: list[tuple[list[Arch], str]] = []
-        for lim, k in zip(limits, share):
-            kids = self.band_children(lim, int(k), taken)
-            taken.update(kids)
-            groups.append((kids, f"band_{lim:g}"))
-        rest = n - len(taken)
+        kids, origins = [], []
+        for lim, group in zip(limits, self.band_children(limits, [int(k) for k in share])):
+            kids += group
+            origins += [f"band_{lim:g}"] * len(group)
+        rest = n - len(kids)
         if rest > 0:
             acc, cost = self.acc(), self.cost()
             front = [self.ev.archs[i] for i in front_order(acc, cost, non_dominated(acc, cost))]
+            taken = set(kids)
             seen = lambda a: a in self.ev or a in taken  # noqa: E731
-            groups.append((mutate_archs(self.mutator, front, rest, self.rng, seen=seen,
-                                        attempts_per_arch=c.attempts_per_arch), "front"))
-        for kids, origin in groups:
-            self.ev.score(kids, it, origin)
+            group = mutate_archs(self.mutator, front, rest, self.rng, seen=seen, attempts_per_arch=c.attempts_per_arch)
+            kids += group
+            origins += ["front"] * len(group)
+        self.ev.score(kids, it, origins)
 
     def selected(self):
         return np.unique(np.concatenate([self.band_parents(lim)[:1] for lim in self.limits]

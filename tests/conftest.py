@@ -25,13 +25,9 @@ def pytest_configure(config):
 
 def compose(overrides: list[str], output_root: Path):
     """A real Hydra composition of conf/ (no app run), pointed at a tmp output root."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from blockprof.app.compose import compose as compose_config
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        return hydra_compose("config", overrides=[*overrides, f"paths.output_root={output_root}"])
+    return compose_config([*overrides, f"paths.output_root={output_root}"])
 
 
 def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:

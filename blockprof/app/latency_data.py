@@ -193,10 +193,11 @@ def predictor_latency_metric(cfg, space: DesignSpace) -> Metric:
     ckpt_path = resolve_path(lat.checkpoint, cfg)
     kind = str(lat.get("model", "gnn"))
     if ckpt_path.is_file():
-        return load_predicted_latency(ckpt_path, space, kind, threads=int(lat.get("infer_threads", 1)))
+        return load_predicted_latency(ckpt_path, space, kind, threads=int(lat.get("infer_threads", 1)),
+                                      device=str(cfg.device.name))
     csv_path = resolve_path(lat.csv, cfg)
     if csv_path.is_file():
-        read_latency_csv(csv_path, space)  # a malformed CSV fails now, before any run opens
+        read_latency_csv(csv_path, space, device=str(cfg.device.name))  # a malformed CSV fails now, before any run opens
     else:
         ensure_latency_csv(cfg, space, csv_path)  # fetched files are checked on the way in
     from blockprof.predictors.train import TrainOptions

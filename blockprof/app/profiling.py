@@ -3,7 +3,8 @@
 A *group* is one or more slots fixed together (the seed's `--blocks` entry; `all`
 gives one group per slot). For every group, N archs are drawn and the group's
 slots forced into them; every metric scores them in one batch. A random baseline
-of N unconstrained archs is profiled too.
+of N unconstrained archs is profiled too; when the slot groups fix the resolution, the
+baseline is sampled at that resolution as well.
 
 Sampling uses common random numbers: every group starts from the same N base
 archs (the baseline itself), so a block's difference from the baseline is a
@@ -21,7 +22,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from blockprof.common.fileio import atomic_write
+from blockprof.common.fileio import atomic_write, write_csv
 from blockprof.core.space import Arch, DesignSpace, Slot
 
 STATS = ("mean", "std", "q01", "q05", "q95", "q99", "min", "max")
@@ -51,8 +52,18 @@ def make_groups(space: DesignSpace, all_slots: bool, blocks: Sequence, resolutio
     return [Group(0, ())] + [Group(i + 1, g) for i, g in enumerate(groups)]
 
 
-def base_archs(space: DesignSpace, seed: int, n: int) -> list[Arch]:
-    return space.sample(np.random.default_rng([seed, 0]), n)
+def baseline_resolution(groups: Sequence[Group]) -> int | None:
+    """The resolution the baseline must be sampled at: the one every slot group fixes, so
+    a group's difference from the baseline is the block's alone, not a resolution offset.
+    None (sampled per arch) when no group fixes it, or groups fix several or mix."""
+    fixed = {s.resolution for g in groups for s in g.slots}
+    if len(fixed) == 1 and None not in fixed:
+        return int(next(iter(fixed)))
+    return None
+
+
+def base_archs(space: DesignSpace, seed: int, n: int, resolution: int | None = None) -> list[Arch]:
+    return space.sample(np.random.default_rng([seed, 0]), n, resolution=resolution)
 
 
 def group_archs(space: DesignSpace, group: Group, base: list[Arch], seed: int) -> list[Arch]:
@@ -134,4 +145,4 @@ class ChunkStore:
         return pd.read_csv(p, keep_default_na=True) if p.exists() else None
 
     def save(self, first_group: int, df: pd.DataFrame) -> None:
-        atomic_write(self.path(first_group), lambda p: df.to_csv(p, index=False), durable=True)
+        atomic_write(self.path(first_group), lambda p: write_csv(df, p), durable=True)

@@ -155,6 +155,7 @@ class MeasureTaskConfig(TaskConfig):
     clock: str = "cpu"
     references: int = 3
     retest_archs: int = 100
+    archs_csv: Optional[str] = None
 
 
 @dataclass
@@ -180,6 +181,22 @@ class TrainPredictorTaskConfig(TaskConfig):
     log_model: bool = True
     init_from: Optional[str] = None    # fine-tune from another device's checkpoint (few-shot)
     train_archs: Optional[int] = None  # use only this many (seeded) training archs
+    device_filter: Optional[str] = None  # train only on the CSV rows of this device (mixed or other-device CSVs)
+
+
+@dataclass
+class ExportTaskConfig(TaskConfig):
+    _target_: str = "blockprof.app.tasks.export.ExportTask"
+    name: str = "export"
+    needs_metrics: bool = False
+    num_archs: int = 20
+    archs_csv: Optional[str] = None
+    out_dir: Optional[str] = None
+    formats: List[str] = field(default_factory=lambda: ["onnx"])
+    opset: int = 17
+    target: Optional[str] = None
+    unit: str = "ms"
+    threads: int = 1
 
 
 @dataclass
@@ -232,7 +249,8 @@ class RunConfig:
 
 
 TASK_SCHEMAS = {c().name: c for c in (ProfileTaskConfig, MergeProfileTaskConfig, EvaluateTaskConfig,
-                                       MeasureTaskConfig, TrainPredictorTaskConfig, SearchTaskConfig)}
+                                       MeasureTaskConfig, TrainPredictorTaskConfig, SearchTaskConfig,
+                                       ExportTaskConfig)}
 LATENCY_SCHEMAS = {"lut": LUTLatencyConfig, "predictor": PredictorLatencyConfig, "measured": MeasuredLatencyConfig}
 
 

@@ -62,3 +62,31 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def write_csv(df, path: str | os.PathLike) -> None:
+    """``df.to_csv(path, index=False)``, about 10x faster for large numeric tables: rows
+    go through Arrow's CSV writer (floats in shortest round-trip form, so values read
+    back identically; an integral float may read ``0`` where pandas writes ``0.0``).
+    Falls back to pandas for anything Arrow cannot write unquoted."""
+    import csv
+    import io
+
+    plain = all(dt.kind in "iuf" or str(dt) in ("object", "string", "str") for dt in df.dtypes)
+    try:
+        if not plain:  # booleans, dates, categories: pandas' own spelling
+            raise TypeError
+        import pyarrow as pa
+        import pyarrow.csv as pa_csv
+
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        body = io.BytesIO()
+        pa_csv.write_csv(table, body, write_options=pa_csv.WriteOptions(include_header=False, quoting_style="none"))
+    except Exception:  # no pyarrow, a column type it cannot convert, a value that needs quoting
+        df.to_csv(path, index=False)
+        return
+    head = io.StringIO()
+    csv.writer(head, lineterminator="\n").writerow([str(c) for c in df.columns])
+    with open(path, "wb") as f:
+        f.write(head.getvalue().encode())
+        f.write(body.getbuffer())

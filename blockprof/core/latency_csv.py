@@ -30,14 +30,61 @@ class LatencyRecord:
     latency_ms: float
 
 
-def read_latency_csv(path: str | os.PathLike, space: DesignSpace, require_latency: bool = True) -> list[LatencyRecord]:
-    """All rows of a seed-format CSV, validated against `space`; latencies converted to ms."""
+def read_latency_csv(path: str | os.PathLike, space: DesignSpace, require_latency: bool = True,
+                     device: str | None = None, device_filter: str | None = None) -> list[LatencyRecord]:
+    """All rows of a seed-format CSV, validated against `space`; latencies converted to ms.
+
+    With `device`, the rows must all be for that device (see :func:`select_device`)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"latency CSV not found: {path}")
+    try:
+        records = _read_rows(path, space, require_latency)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a text CSV (undecodable byte at offset {exc.start}); "
+                        f"expected the seed's format with header {','.join(HEADER)}") from None
+    except csv.Error as exc:
+        raise UserError(f"{path}: malformed CSV ({exc})") from None
+    if device is not None or device_filter is not None:
+        records = select_device(records, device, path, device_filter)
+    return records
+
+
+def select_device(records: list[LatencyRecord], device: str | None, path: Path,
+                  device_filter: str | None = None) -> list[LatencyRecord]:
+    """The rows for one device, never silently mixed.
+
+    Without `device_filter` every row's device column must name `device` (case aside;
+    a file whose column is empty throughout is taken as it is); rows of several devices
+    or of another one are refused. With it, only its rows are kept (at least one)."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.device] = counts.get(r.device, 0) + 1
+    shown = ", ".join(f"{k or '(empty)'}: {v}" for k, v in sorted(counts.items()))
+    if device_filter is not None:
+        want = str(device_filter).strip().lower()
+        kept = [r for r in records if r.device.lower() == want]
+        if not kept:
+            raise UserError(f"{path}: no rows for device '{device_filter}' (task.device_filter); "
+                            f"rows per device: {shown}")
+        return kept
+    if set(counts) <= {""}:
+        return records
+    names = {k.lower() for k in counts}
+    if len(names) > 1:
+        raise UserError(f"{path}: rows of several devices ({shown}); keep one device per CSV, "
+                        f"or train on one with task.device_filter=<name>")
+    (only,) = names
+    if device is not None and only != str(device).strip().lower():
+        raise UserError(f"{path}: every row is for device '{next(iter(counts))}', not {device}; use the CSV "
+                        f"measured on {device}, or task.device_filter={next(iter(counts))} to train on it anyway")
+    return records
+
+
+def _read_rows(path: Path, space: DesignSpace, require_latency: bool) -> list[LatencyRecord]:
     records: list[LatencyRecord] = []
     seen: set[int] = set()
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM is fine
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:
@@ -125,8 +172,11 @@ def write_latency_csv(path: str | os.PathLike, rows: Iterable[tuple[int, Arch, s
 
 
 def read_archs_csv(path: str | os.PathLike, space: DesignSpace) -> list[Arch]:
-    """Archs from a seed-format CSV (latency columns optional)."""
-    return [r.arch for r in read_latency_csv(path, space, require_latency=False)]
+    """Archs from a seed-format CSV (latency columns optional); at least one."""
+    archs = [r.arch for r in read_latency_csv(path, space, require_latency=False)]
+    if not archs:
+        raise UserError(f"{path}: no arch rows below the header")
+    return archs
 
 
 def archs_to_rows(archs: Sequence[Arch]) -> dict:

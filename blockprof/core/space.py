@@ -194,6 +194,13 @@ class DesignSpace:
         return Capabilities()
 
     # ---- generic ------------------------------------------------------
+    params: dict  # the constructor's keyword arguments, name aside
+
+    def variant(self, **changes) -> "DesignSpace":
+        """The same family with some constructor parameters changed (e.g. another width)."""
+        name = changes.pop("name", self.name)
+        return type(self)(name=name, **{**self.params, **changes})
+
     @functools.cached_property
     def ops(self) -> "FamilyOps":
         """The family's search operators (mutation, crossover, sampling over candidates)."""

@@ -6,6 +6,9 @@
 Seeded train/dev/test split, early stopping on dev MAPE, the best checkpoint
 (with its normalisation, space, feature version) at device.latency.checkpoint,
 per-epoch metrics, a test report and a predicted-vs-measured scatter in MLflow.
+
+The CSV's device column must name the run's device: a CSV of another device, or of
+several, is refused unless `task.device_filter=<name>` picks the rows to train on.
 """
 from __future__ import annotations
 
@@ -14,9 +17,10 @@ from blockprof.infra.tracking import resolve_path
 from blockprof.app.task import Task
 
 
-def run(ctx, tracker):
+def _plan(ctx):
+    """(CSV, checkpoint path, training options) of the configured run; raises UserError."""
     from blockprof.app.latency_data import ensure_latency_csv
-    from blockprof.predictors.train import TrainOptions, train_from_csv
+    from blockprof.predictors.train import TrainOptions
 
     cfg, t = ctx.cfg, ctx.cfg.task
     lat = cfg.device.latency
@@ -34,13 +38,44 @@ def run(ctx, tracker):
     keys = ("split", "max_epochs", "patience", "batch_size", "lr", "weight_decay", "hidden", "layers", "ridge",
             "loss", "threads")
     opts = TrainOptions.from_config({k: t[k] for k in keys if t.get(k) is not None}, model=model)
+    return csv_path, ckpt_path, opts
+
+
+def _device_filter(cfg):
+    f = cfg.task.get("device_filter")
+    return None if f in (None, "") else str(f)
+
+
+def validate(ctx) -> None:
+    """Before the run opens: the CSV parses, its rows are for this device (or the filter
+    picks some), and there are enough of them to split."""
+    from blockprof.core.latency_csv import read_latency_csv
+    from blockprof.predictors.train import split_indices
+    import numpy as np
+
+    csv_path, _, opts = _plan(ctx)
+    recs = read_latency_csv(csv_path, ctx.space, device=str(ctx.cfg.device.name),
+                            device_filter=_device_filter(ctx.cfg))
+    split_indices(len(recs), np.random.default_rng(int(ctx.cfg.seed)), opts.split)
+
+
+def run(ctx, tracker):
+    from blockprof.predictors.train import train_from_csv
+
+    cfg, t = ctx.cfg, ctx.cfg.task
+    csv_path, ckpt_path, opts = _plan(ctx)
     return train_from_csv(ctx.space, csv_path, str(cfg.device.name), opts, int(cfg.seed), ckpt_path,
-                          tracker, ctx.run_dir, log_model=bool(t.get("log_model", True)))
+                          tracker, ctx.run_dir, log_model=bool(t.get("log_model", True)),
+                          init_from=resolve_path(t.init_from, cfg) if t.get("init_from") else None,
+                          train_archs=t.get("train_archs"), device_filter=_device_filter(cfg))
 
 
 class TrainPredictorTask(Task):
     """Fit a latency predictor; its objective is the test MAPE."""
     groups = ("space", "device")
+
+    def validate(self, ctx) -> None:
+        validate(ctx)
 
     def run(self, ctx, tracker):
         return run(ctx, tracker)

@@ -1,0 +1,99 @@
+"""Configuration as Hydra users expect it: every option of every group composes against its
+schema, user configs from --config-dir, sweeps, completion, and one-line errors for
+wrong types and unknown keys."""
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from blockprof.app.compose import compose
+from blockprof.app.main import build_task
+from blockprof.app.schema import TASK_SCHEMAS
+from blockprof.app.task import Task
+
+from conftest import run_cli
+
+CONF = Path(str(importlib.resources.files("blockprof.conf")))
+GROUPS = ("space", "device", "metric", "search", "task", "tracking", "data", "experiment", "debug",
+          "hparams_search")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_option_composes(group, option, tmp_path):
+    """Every YAML file is valid against its schema (lightning-hydra-template's test_configs)."""
+    cfg = compose([f"{group}={option}", f"paths.output_root={tmp_path}"])
+    OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert cfg.task.name in TASK_SCHEMAS
+    assert isinstance(build_task(cfg), Task)
+
+
+def test_every_group_has_options():
+    for g in GROUPS:
+        assert _options(g), f"conf/{g}/ is empty"
+
+
+def test_user_device_from_config_dir(tmp_path):
+    mine = tmp_path / "myconf" / "device"
+    mine.mkdir(parents=True)
+    (mine / "mypi.yaml").write_text("defaults:\n  - /schema/device/latency/lut@latency\n  - _self_\nname: mypi\n")
+    cfg = compose(["device=mypi"], config_dir=str(tmp_path / "myconf"))
+    assert cfg.device.name == "mypi" and cfg.device.latency.source == "lut"
+    res = run_cli(["--config-dir", str(tmp_path / "myconf"), "device=mypi", "debug=one_slot", "tracking=none",
+                   f"paths.output_root={tmp_path}/out"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert list((tmp_path / "out" / "runs" / "profile" / "mbv3-mypi").glob("*/summary.csv"))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["task.num_archs=abc"], "error: task.num_archs: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["task.num_archs=2.9"], "error: task.num_archs: Value '2.9' of type 'float' could not be converted to Integer"),
+    (["+task.num_archz=5"], "error: unknown config key 'task.num_archz' (known here: _target_, name"),
+    (["task.num_archz=5"], "error: task.num_archz: Key 'num_archz' not in 'ProfileTaskConfig'"),
+    (["space=mbv3x"], "error: unknown space 'mbv3x' (choose from: mbv3, mbv3_w10, pn, resnet50)"),
+    (["task=search", "search.budget=lots"], "error: search.budget: Value 'lots'"),
+    (["device.latency.source=bogus"], "error: unknown device.latency.source 'bogus'"),
+    (["task.num_archs=[1"], "error: cannot parse override"),
+])
+def test_bad_values_are_one_line_and_leave_nothing(tmp_path, args, needle):
+    res = run_cli([*args, f"paths.output_root={tmp_path}/out"], cwd=tmp_path)
+    err = [line for line in res.stderr.splitlines() if line.strip()]
+    assert res.returncode == 2 and len(err) == 1 and err[0].startswith(needle), res.stderr
+    assert not (tmp_path / "out" / "runs").exists() or not any((tmp_path / "out" / "runs").rglob("*.csv"))
+    assert not list((tmp_path / "out").rglob(".hydra")) if (tmp_path / "out").exists() else True
+
+
+def test_choice_sweep_runs_one_job_per_value(tmp_path):
+    res = run_cli(["-m", "space=choice(mbv3,pn)", "debug=one_slot", "tracking=none",
+                   f"paths.output_root={tmp_path}/out"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    jobs = sorted(p.parent.name for p in (tmp_path / "out" / "multirun").glob("*/*/summary.csv"))
+    assert len(jobs) == 2 and jobs[0].startswith("0-profile-mbv3") and jobs[1].startswith("1-profile-pn")
+
+
+def test_shell_completion_installs(tmp_path):
+    res = run_cli(["-sc", "install=bash"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "hydra_bash_completion" in res.stdout
+
+
+def test_completion_lists_group_options(tmp_path):
+    res = run_cli(["-sc", "query=bash", "dev"], cwd=tmp_path, env={"COMP_LINE": "python run.py device=n", "COMP_POINT": "21"})
+    assert res.returncode == 0, res.stderr
+    assert "device=note10" in res.stdout and "device=npu" in res.stdout
+
+
+def test_each_default_is_written_once():
+    """YAML files hold choices, not copies of schema defaults."""
+    from blockprof.app import schema
+    for option in _options("task"):
+        text = (CONF / "task" / f"{option}.yaml").read_text()
+        body = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "-", "defaults"))]
+        assert body == [], f"conf/task/{option}.yaml repeats schema defaults: {body}"
+    assert schema.ProfileTaskConfig().num_archs == 50
