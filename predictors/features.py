@@ -1,4 +1,4 @@
-"""Archs as op graphs for the latency predictors (DESIGN §3, issue 4).
+"""Archs as op graphs for the latency predictors.
 
 Every arch becomes a chain of nodes: the fixed stem layers, one node per
 *active* slot (unit, layer) and the fixed head layers. A node's features are
@@ -33,7 +33,7 @@ import torch
 from blockprof.core.layers import (
     BottleneckLayer, ConvLayer, Layer, LinearLayer, MBConvLayer, PoolLayer, layer_macs, layer_params,
 )
-from blockprof.core.space import Arch, DesignSpace, MBConvSpace, ResNetSpace, SlotEncoding
+from blockprof.core.space import Arch, DesignSpace, SlotEncoding
 
 FEATURE_VERSION = 1
 KINDS = ("conv", "mbconv", "bottleneck", "pool", "linear", "stem")
@@ -87,51 +87,27 @@ def _kind(layer: Layer) -> str:
 
 
 class _Structure:
-    """Which layers make each node, per family: (resolution) -> lists of layer lists."""
+    """Which layers make each node, as the space's family declares them."""
 
     def __init__(self, space: DesignSpace):
         self.space = space
-        if isinstance(space, MBConvSpace):
-            self.n_fixed = 1
-        elif isinstance(space, ResNetSpace):
-            self.n_fixed = 3  # last unit's width decides the head
-        else:
-            raise TypeError(f"no op-graph structure for space {space.name}")
+        self.n_fixed = space.n_fixed_variants
 
     def pre(self, r: int, f: int) -> list[list[Layer]]:
-        sp = self.space
-        if isinstance(sp, MBConvSpace):
-            return [[x] for x in sp._stem_layers(r)]
-        return []  # ResNet: the stem is slot 0
+        return [[x] for x in self.space.fixed_layers(r, f)[0]]
 
     def post(self, r: int, f: int) -> list[list[Layer]]:
-        sp = self.space
-        if isinstance(sp, MBConvSpace):
-            return [[x] for x in sp._head_layers(sp.unit_input_sizes(r)[-1])]
-        return [[x] for x in sp._head_layers(r, f)]
+        return [[x] for x in self.space.fixed_layers(r, f)[1]]
 
     def n_choices(self) -> int:
-        sp = self.space
-        return len(sp.blocks) if isinstance(sp, MBConvSpace) else 27
+        return self.space.n_slot_choices
 
     def slot(self, r: int, s: int, c: int) -> tuple[list[Layer], int]:
         """Layers of choice c at slot position s, and the block's index in `space.blocks`."""
-        sp = self.space
-        u = int(np.searchsorted(np.array(sp.slot_offsets), s, side="right") - 1)
-        j = s - sp.slot_offsets[u]
-        if isinstance(sp, MBConvSpace):
-            return [sp.block_layer(u, j, sp.blocks[c], r)], c
-        if s == 0:
-            if c >= len(sp.stem_tokens):
-                return [], -1
-            return sp._stem_layers(r, *sp.stem(sp.stem_tokens[c])), c
-        e_idx, wi, wo = c // 9, (c // 3) % 3, c % 3
-        e = sp.expands[e_idx]
-        token = f"bneck_e{e}_w{wo}"
-        return [sp.block_layer(u, j, e, wi, wo, r)], sp.blocks.index(token)
+        return self.space.choice_layers(r, s, c)
 
     def unit_of(self, s: int) -> int:
-        return int(np.searchsorted(np.array(self.space.slot_offsets), s, side="right") - 1)
+        return int(self.space.slot_unit[s])
 
 
 @dataclass
@@ -260,9 +236,6 @@ class OpGraphFeaturizer:
                         self.slot_x[ri, s, c] = vec(d, st.unit_of(s), int(blk[ri, s, c]))
                         self.slot_res[ri, s, c] = d["residual"] > 0
         self.n_nodes = self.n_pre + S + self.n_post
-        self._r_index = {r: i for i, r in enumerate(space.resolutions)}
-        self._slot_unit = np.array([st.unit_of(s) for s in range(S)])
-        self._slot_layer = np.arange(S) - np.array(space.slot_offsets)[self._slot_unit]
         # one flat table of every distinct node (+ a zero row for padding), and id lookups
         parts = [self.pre_x.reshape(-1, self.dim), self.slot_x.reshape(-1, self.dim), self.post_x.reshape(-1, self.dim)]
         res_parts = [self.pre_res.ravel(), self.slot_res.ravel(), self.post_res.ravel()]
@@ -286,22 +259,7 @@ class OpGraphFeaturizer:
         return self.from_encoding(self.encode(archs))
 
     def encode(self, archs: Sequence[Arch]) -> SlotEncoding:
-        """`space.encode`, with a fast path for MBConv spaces: one flat comprehension
-        over the tokens and a boolean scatter instead of a Python loop per layer
-        (about 5x faster; tests check it equals `space.encode`)."""
-        sp = self.space
-        if not isinstance(sp, MBConvSpace):
-            return sp.encode(archs)
-        n, U = len(archs), sp.n_units
-        bi = sp.block_index
-        flat = np.array([bi[t] for a in archs for u in a.units for t in u], dtype=np.int16)
-        depths = np.array([len(u) for a in archs for u in a.units], dtype=np.int64).reshape(n, U)
-        ri = self._r_index
-        res = np.array([ri[a.resolution] for a in archs], dtype=np.int16)
-        active = depths[:, self._slot_unit] > self._slot_layer[None, :]
-        choice = np.full(active.shape, -1, dtype=np.int16)
-        choice[active] = flat
-        return SlotEncoding(choice, np.zeros(n, dtype=np.int16), res)
+        return self.space.encode(archs)
 
     def from_encoding(self, enc: SlotEncoding) -> GraphBatch:
         n, S = enc.choice.shape
@@ -323,6 +281,21 @@ class OpGraphFeaturizer:
         resid = self._residual[ids]
         return GraphBatch(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(resid),
                           torch.from_numpy(lengths.astype(np.int64)), self.table)
+
+    def packed_nodes(self, enc: SlotEncoding) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The nodes of every graph packed end to end, in network order, without padding:
+        (table ids [T], residual [T], lengths [n]) - what `from_encoding` pads, for models
+        that run on packed chains."""
+        n, S = enc.choice.shape
+        res = enc.res.astype(np.intp)
+        fixed = enc.fixed.astype(np.intp)
+        active = enc.choice >= 0
+        idx = np.where(active, enc.choice, 0).astype(np.intp)
+        ids_full = np.concatenate([self._pre_ids[res, fixed], self._slot_ids[res[:, None], np.arange(S)[None, :], idx],
+                                   self._post_ids[res, fixed]], axis=1)
+        m_full = np.concatenate([np.ones((n, self.n_pre), bool), active, np.ones((n, self.n_post), bool)], axis=1)
+        ids = ids_full[m_full].astype(np.int64)
+        return ids, self._residual[ids], m_full.sum(axis=1).astype(np.int64)
 
 
 def check_signature(saved: dict, current: dict, where: str) -> str | None:

@@ -42,7 +42,7 @@ def latency_table(space, archs, repeats: int, dev: str) -> None:
 def accuracy_table(space, archs, work: Path, dev: str) -> bool:
     root = write_synthetic_imagefolder(work / "imagenet", N_CLASSES, n_train=20, n_val=20, size=(96, 128))
     torch.manual_seed(0)
-    net = space._new_supernet()
+    net = space.new_supernet()
     fc = [m for m in net.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000][-1]
     with torch.no_grad():  # rank only the data's classes, so top-1 depends on the images
         fc.weight[N_CLASSES:] = 0

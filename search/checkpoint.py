@@ -35,9 +35,17 @@ class Checkpoint:
     def load(self) -> tuple[dict, list[dict]]:
         """(state, frames) of the last committed iteration; cuts any uncommitted tail."""
         state = json.loads(self.state_path.read_text())
-        if state.get("format") != FORMAT:
-            raise ValueError(f"checkpoint format {state.get('format')} is not {FORMAT}")
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise ValueError(f"{self.state_path.name}: checkpoint format "
+                             f"{state.get('format') if isinstance(state, dict) else None} is not {FORMAT}")
+        lost = [k for k in ("journal_bytes", "frames", "fingerprint", "iteration", "stall", "stop_reason", "rng",
+                            "strategy", "queries") if k not in state]
+        if lost:
+            raise ValueError(f"{self.state_path.name} lacks {', '.join(lost)}")
         size = int(state["journal_bytes"])
+        if self.journal.stat().st_size < size:  # lost committed frames: never pad it with zeros
+            raise ValueError(f"{self.journal.name} holds {self.journal.stat().st_size} bytes, "
+                             f"{self.state_path.name} records {size}")
         with open(self.journal, "r+b") as f:
             f.truncate(size)
             f.seek(0)

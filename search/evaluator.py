@@ -52,7 +52,7 @@ class _Column:
 
 
 class Evaluator:
-    def __init__(self, metrics: dict[str, Metric], cost: str):
+    def __init__(self, metrics: dict[str, Metric], cost: str, cache_costs: bool = True):
         if cost not in metrics:
             raise ValueError(f"cost metric {cost} is not among {list(metrics)}")
         self.metrics, self.cost_name = dict(metrics), cost
@@ -63,6 +63,10 @@ class Evaluator:
         self.iteration = _Column(np.int64)
         self.origin: list[str] = []
         self.cost_cache: dict[Arch, float] = {}   # cost-only checks, in check order
+        # False: cost checks are only counted (a strategy that checks many candidates and
+        # never asks which were checked keeps no cache and journals none)
+        self.cache_costs = cache_costs
+        self.checks_uncached = 0
         self.queries = 0                          # archs asked for, duplicates included (OFA's count)
         self._frame_start = 0
         self._frame_costs: list[tuple[Arch, float]] = []
@@ -74,7 +78,7 @@ class Evaluator:
 
     @property
     def cost_checks(self) -> int:
-        return len(self.cost_cache)
+        return len(self.cost_cache) + self.checks_uncached
 
     def __contains__(self, arch: Arch) -> bool:
         return arch in self.index
@@ -151,6 +155,11 @@ class Evaluator:
                 todo.append(a)
         if todo:
             vals = np.asarray(self.metrics[self.cost_name].evaluate(todo), dtype=np.float64).reshape(-1)
+            if not self.cache_costs:
+                self.checks_uncached += len(todo)
+                for a, v in zip(todo, vals):
+                    out[pos[a]] = v
+                return out
             for a, v in zip(todo, vals):
                 self.cost_cache[a] = float(v)
                 self._frame_costs.append((a, float(v)))

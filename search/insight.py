@@ -36,7 +36,6 @@ from blockprof.search.family import FamilyOps, family_ops
 from blockprof.search.pareto import non_dominated
 
 INSIGHT_DIR = Path(str(importlib.resources.files("blockprof.conf") / "insight"))
-SPACE_FILE_ALIAS = {"mbv3_w10": "mbv3"}  # same block tokens and unit structure
 META_KEYS = {"space", "profile", "source", "rule", "evidence"}
 SCHEMA_KEYS = {"unit_candidates", "unit_width_indices", "unit_mutate_probs", "max_layers", "min_layers"}
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -86,7 +85,7 @@ def profile_from_dict(space: DesignSpace, name: str, d: dict, ops: FamilyOps | N
         raise UserError(f"{where}: uses '{wrong_key}', this space's profiles list '{ops.candidates_key}'")
     if unknown:
         raise UserError(f"{where}: unknown key(s) {unknown} (schema: {ops.candidates_key}, unit_mutate_probs, max_layers, min_layers)")
-    if d.get("space") not in (None, space.name, SPACE_FILE_ALIAS.get(space.name)):
+    if d.get("space") not in (None, *space.insight_names):
         raise UserError(f"{where}: the profile is for space '{d['space']}'")
     missing = [k for k in (ops.candidates_key, "unit_mutate_probs", "max_layers", "min_layers") if d.get(k) is None]
     if missing:
@@ -139,7 +138,9 @@ def profile_from_dict(space: DesignSpace, name: str, d: dict, ops: FamilyOps | N
 
 # ------------------------------------------------------------------ named profiles
 def insight_file(space: DesignSpace) -> Path:
-    return INSIGHT_DIR / f"{SPACE_FILE_ALIAS.get(space.name, space.name)}.yaml"
+    # the first of the space's insight names with a file (spaces sharing tokens share one)
+    paths = [INSIGHT_DIR / f"{n}.yaml" for n in space.insight_names]
+    return next((p for p in paths if p.is_file()), paths[0])
 
 
 def named_profiles(space: DesignSpace) -> dict[str, dict]:

@@ -59,7 +59,8 @@ class SearchRunner:
 
     def _commit(self, it: int, stall: int, reason: str | None, measures: dict) -> None:
         state = {"fingerprint": self.fingerprint, "iteration": it, "stall": stall, "stop_reason": reason,
-                 "rng": self.rng.bit_generator.state, "strategy": self.s.state_dict(), "queries": self.s.ev.queries}
+                 "rng": self.rng.bit_generator.state, "strategy": self.s.state_dict(), "queries": self.s.ev.queries,
+                 "checks_uncached": self.s.ev.checks_uncached}
         frame = self.s.ev.take_frame()
         frame["measures"] = measures
         self.ckpt.commit(frame, state)
@@ -77,6 +78,7 @@ class SearchRunner:
         for fr in frames:
             self.s.ev.apply_frame(fr)
         self.s.ev.queries = int(state["queries"])
+        self.s.ev.checks_uncached = int(state.get("checks_uncached", 0))
         self.rng.bit_generator.state = state["rng"]
         self.s.load_state_dict(state["strategy"])
         return int(state["iteration"]), int(state["stall"]), state["stop_reason"], [fr["measures"] for fr in frames]

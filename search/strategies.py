@@ -141,9 +141,11 @@ class Strategy:
     """Shared machinery: budget, initial samplers, measures, state."""
     Config = SearchConfig
     constrained = False
+    caches_costs = True   # keep (and journal) every cost-only check: rm_cons_acc asks which were checked
 
     def __init__(self, cfg, mutator: Mutator, evaluator: Evaluator, rng: np.random.Generator):
         self.cfg, self.mutator, self.ev, self.rng = cfg, mutator, evaluator, rng
+        evaluator.cache_costs = self.caches_costs
         self.cost_name = evaluator.cost_name
         self.limit: float | None = None
         self.hv_ref: tuple[float, float] | None = None
@@ -437,6 +439,7 @@ class Bands(Strategy):
     re-read from it), so resume needs nothing more than the journal.
     """
     Config = BandsConfig
+    caches_costs = False  # many candidates are cost-checked; none is asked for again
 
     def check(self):
         super().check()
@@ -450,6 +453,17 @@ class Bands(Strategy):
 
     def initialize(self):
         self.ev.score(self.sample_unique(min(self.cfg.init_size, self.cfg.budget)), 0, "init")
+
+    def setup_measures(self):
+        super().setup_measures()
+        self.accept = [0.25] * len(self.limits)  # in-band rate of each band's candidates, running
+
+    def state_dict(self):
+        return dict(super().state_dict(), accept=self.accept)
+
+    def load_state_dict(self, d):
+        super().load_state_dict(d)
+        self.accept = [float(x) for x in d["accept"]]
 
     def band_parents(self, limit: float) -> np.ndarray:
         acc, cost = self.acc(), self.cost()
@@ -476,33 +490,43 @@ class Bands(Strategy):
 
     def band_children(self, limits: list[float], need: list[int]) -> list[list[Arch]]:
         """Per limit, up to need[k] unseen, distinct archs costing within its band (else
-        anything under it). Candidates of all bands are cost-checked in one batch per round."""
+        anything under it). Candidates of all bands are cost-checked in one batch per round;
+        each band draws as many as its recent in-band rate says it needs (at most
+        candidates_per_child per child wanted)."""
         c = self.cfg
         parents = [[self.ev.archs[i] for i in self.band_parents(lim)] for lim in limits]
-        picked = [[] for _ in limits]
-        spare = [[] for _ in limits]
+        picked: list[list[Arch]] = [[] for _ in limits]
+        spare: list[list[Arch]] = [[] for _ in limits]
         taken: set[Arch] = set()
         for _ in range(c.child_rounds):
             short = [k for k in range(len(limits)) if len(picked[k]) < need[k]]
             if not short:
                 break
-            cands, owner = [], []
+            cands, owner, drawn = [], [], {}
             for k in short:
-                got = self._candidates(parents[k], c.candidates_per_child * (need[k] - len(picked[k])))
-                cands += got
-                owner += [k] * len(got)
+                missing = need[k] - len(picked[k])
+                n = min(c.candidates_per_child * missing, int(np.ceil(1.25 * missing / max(self.accept[k], 0.02))))
+                drawn[k] = n
+                for a in self._candidates(parents[k], n):
+                    if a not in taken and a not in self.ev:
+                        taken.add(a)  # once per round and band: a duplicate is not checked twice
+                        cands.append(a)
+                        owner.append(k)
             costs = self.ev.cost(cands)
+            hits = dict.fromkeys(short, 0)
             for a, k, v in zip(cands, owner, costs):
                 lim = limits[k]
-                if v > lim + FEASIBLE_EPS or len(picked[k]) >= need[k] or a in taken or a in self.ev:
+                if v > lim + FEASIBLE_EPS:
                     continue
-                taken.add(a)
-                (picked[k] if v >= lim * (1 - c.band_width) else spare[k]).append(a)
-        out = []
-        for k in range(len(limits)):
-            kids = picked[k] + spare[k][: max(0, need[k] - len(picked[k]))]
-            out.append(kids)
-        return out
+                if v >= lim * (1 - c.band_width):
+                    hits[k] += 1
+                    if len(picked[k]) < need[k]:
+                        picked[k].append(a)
+                elif len(spare[k]) < need[k]:
+                    spare[k].append(a)
+            for k in short:
+                self.accept[k] = 0.5 * self.accept[k] + 0.5 * hits[k] / max(1, drawn[k])
+        return [picked[k] + spare[k][: max(0, need[k] - len(picked[k]))] for k in range(len(limits))]
 
     def step(self, it):
         c = self.cfg

@@ -46,7 +46,7 @@ def test_evaluate_reads_archs_from_seed_csv(cfg_factory, tmp_path):
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (["space=resnet50", "device=note10", "metric=efficiency"], "lookup tables for mbv3 (w1.2) and pn, not resnet50"),
+    (["space=resnet50", "device=note10", "metric=efficiency"], "no latency lookup table for space resnet50 (spaces with one: mbv3, pn)"),
     (["space=mbv3_w10", "metric=no_latency"], "no public accuracy predictor for space mbv3_w10"),
     (["metric.names=[accuracy,flops]"], "unknown metric(s) ['flops']"),
     (["task=evaluate", "task.num_archs=0"], "num_archs must be >= 1"),
@@ -63,7 +63,7 @@ def test_bad_combinations_fail_at_start(cfg_factory, tmp_path, overrides, needle
     (["space=mbv3x"], "error: unknown space 'mbv3x' (choose from: mbv3, mbv3_w10, pn, resnet50)"),
     (["device=iphone"], "error: unknown device 'iphone'"),
     (["task.num_archz=5"], "error: unknown config key 'task.num_archz' (known here: _target_, name, num_archs"),
-    (["task=evaluate", "space=resnet50", "device=note10", "metric=efficiency"], "error: device note10 has lookup tables"),
+    (["task=evaluate", "space=resnet50", "device=note10", "metric=efficiency"], "error: device note10 has no latency lookup table for space resnet50"),
 ])
 def test_cli_user_errors_are_one_line(tmp_path, args, needle):
     res = run_cli([*args, f"paths.output_root={tmp_path}/out"], cwd=tmp_path)

@@ -121,3 +121,48 @@ def test_reader_header_and_units(tmp_path):
     path.write_text(",".join(HEADER) + f"\n0,{GOOD},npu,224,us,12345.6\n1,{GOOD},npu,160,s,0.5\n")
     recs = read_latency_csv(path, build_space("mbv3"))
     assert [r.latency_ms for r in recs] == pytest.approx([12.3456, 500.0])
+
+
+# ------------------------------------------------------------------ engines, and few-shot training on their CSVs
+def test_engine_device_measures_and_feeds_a_few_shot_predictor(cfg_factory, tmp_path):
+    import torch
+
+    csv, onnx = tmp_path / "ort.csv", tmp_path / "onnx"
+    tiny = [*TINY[3:], "task.retest_archs=2", f"task.csv={csv}", "tracking=none", f"device.latency.cache_dir={onnx}"]
+    execute(cfg_factory("task=measure", "space=mbv3", "device=ort_cpu", "task.num_archs=6", *tiny),
+            run_dir=tmp_path / "m1")
+    recs = read_latency_csv(csv, build_space("mbv3", resolutions=[160]))
+    assert len(recs) == 6 and all(r.device == "ort_cpu" and r.latency_ms > 0 for r in recs)
+    meta = json.loads(meta_path(csv).read_text())
+    assert meta["engine"] == "onnxruntime" and meta["machine"]["onnxruntime"]
+    assert meta["retest"]["retest_n"] == 2
+    assert len(list(onnx.rglob("*.onnx"))) == 7  # six archs and the reference, exported once
+    with pytest.raises(UserError, match="timed with engine onnxruntime, not openvino"):
+        execute(cfg_factory("task=measure", "space=mbv3", "device=openvino_cpu", "task.num_archs=7", *tiny),
+                run_dir=tmp_path / "m2")
+
+    # a predictor for this engine, then one fine-tuned from it on 3 archs
+    train = ["task=train_predictor", "space=mbv3", "device=ort_cpu", "space.resolutions=[160]", f"task.csv={csv}",
+             "task.max_epochs=3", "task.log_model=false", "tracking=none", "task.split=[0.5,0.25,0.25]"]
+    src = tmp_path / "src.pt"
+    execute(cfg_factory(*train, f"task.checkpoint={src}"), run_dir=tmp_path / "t1")
+    out = execute(cfg_factory(*train, f"task.checkpoint={tmp_path / 'ft.pt'}", f"task.init_from={src}",
+                              "task.train_archs=2"), run_dir=tmp_path / "t2")
+    ck = torch.load(tmp_path / "ft.pt", weights_only=True)
+    assert ck["data"]["init_from"]["checkpoint"] == str(src) and ck["data"]["split_sizes"][0] == 2
+    assert out is not None
+
+    # a checkpoint of another feature version or space is refused in one line
+    bad = torch.load(src, weights_only=True)
+    bad["features"] = {**bad["features"], "feature_version": -1}
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(UserError) as exc:
+        execute(cfg_factory(*train, f"task.checkpoint={tmp_path / 'x.pt'}", f"task.init_from={tmp_path / 'bad.pt'}"),
+                run_dir=tmp_path / "t3")
+    assert "\n" not in str(exc.value) and "bad.pt" in str(exc.value)
+    bad = torch.load(src, weights_only=True)
+    bad["space"]["name"] = "pn"
+    torch.save(bad, tmp_path / "bad2.pt")
+    with pytest.raises(UserError, match="was trained for space pn"):
+        execute(cfg_factory(*train, f"task.checkpoint={tmp_path / 'x.pt'}", f"task.init_from={tmp_path / 'bad2.pt'}"),
+                run_dir=tmp_path / "t4")

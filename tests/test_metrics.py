@@ -130,7 +130,7 @@ def test_resnet50_accuracy_predictor_matches_ofa():
     space = build_space("resnet50")
     archs = space.sample(np.random.default_rng(2), 200)
     ours = OFAAccuracyPredictor(space).evaluate(archs)
-    enc = ResNetArchEncoder(image_size_list=list(OFAAccuracyPredictor.RESNET_RES))
+    enc = ResNetArchEncoder(image_size_list=list(space.capabilities.accuracy_predictor.resolutions))
     ref = AccuracyPredictor(enc, 400, 3, checkpoint_path=str(SHARED_ASSETS / "ofa" / "ofa_resnet50_acc_predictor.pth"),
                             device="cpu")
     dicts = []

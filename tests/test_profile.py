@@ -59,7 +59,45 @@ def test_samples_carry_the_forced_slot(cfg_factory, tmp_path):
         assert len(unit1) == 4 and unit1[3] == "mbconv3_e6_k7"  # layer 3 active: depth raised to 4
     base = s[s["group"] == 0]
     assert base["unit"].isna().all() and (base["slot"] == "random").all()
-    assert base["resolution"].nunique() > 1
+    # the slot fixes the resolution, so the baseline is drawn at it too: the difference is the block's alone
+    assert (base["resolution"] == 224).all()
+
+
+def test_baseline_samples_resolution_when_no_slot_fixes_it(cfg_factory, tmp_path):
+    run = tmp_path / "run"
+    _profile(cfg_factory, run, "task.all=false", "task.blocks=[[1,3,7,6]]", "task.num_archs=30")
+    s = pd.read_csv(run / "samples.csv")
+    assert s[s["group"] == 0]["resolution"].nunique() > 1
+
+
+def test_damaged_chunk_is_profiled_again(cfg_factory, tmp_path, caplog):
+    """A chunk file cut mid-group (or edited) is not trusted: it is recomputed, and the
+    result equals an undamaged run's."""
+    run = tmp_path / "run"
+    args = ("task.all=false", "task.blocks=[[0,0,3,3],[1,0,5,4]]", "task.num_archs=6", "task.chunk_archs=6")
+    _profile(cfg_factory, run, *args)
+    ref = pd.read_csv(run / "samples.csv")
+    chunks = sorted((run / "profile_chunks").glob("groups_*.csv"))
+    assert len(chunks) == 3
+    text = chunks[1].read_text()
+    chunks[1].write_text(text[: len(text) // 2])  # truncated mid-group
+    chunks[2].write_bytes(b"\x00\xff" * 40)         # binary garbage
+    for f in (run / "samples.csv", run / "summary.csv"):
+        f.unlink()
+    with caplog.at_level("WARNING"):
+        _profile(cfg_factory, run, *args)
+    damaged = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert len(damaged) == 2 and str(chunks[1]) in damaged[0]
+    pd.testing.assert_frame_equal(pd.read_csv(run / "samples.csv"), ref)
+
+
+def test_damaged_settings_file_is_one_line(cfg_factory, tmp_path):
+    run = tmp_path / "run"
+    args = ("task.all=false", "task.blocks=[[0,0,3,3]]", "task.num_archs=4")
+    _profile(cfg_factory, run, *args)
+    (run / "profile_chunks" / "settings.json").write_text('{"key": ')
+    with pytest.raises(UserError, match=r"settings.json is damaged.*delete .*profile_chunks"):
+        _profile(cfg_factory, run, *args)
 
 
 def test_all_slots_and_heatmaps_for_pn(cfg_factory, tmp_path):

@@ -296,6 +296,47 @@ def test_iteration_bound_and_random_strategy_in_an_insight_space(cfg_factory, tm
     assert all(profile_fits(sp, prof, sp.parse(t, r)) for t, r in zip(res["scored"].arch, res["scored"].resolution))
 
 
+
+def test_the_budget_is_the_stopping_rule(cfg_factory, tmp_path):
+    # no search.iterations: a budget beyond init_size + 10 x budget_per_iter is spent in full
+    res = execute(cfg_factory("task=search", "search.plot=false", "search.budget=700", "search.init_size=50",
+                              "search.budget_per_iter=50", "tracking=none"), run_dir=tmp_path / "r")
+    assert res["stop_reason"] == "budget" and len(res["scored"]) == 700
+    assert res["history"][-1]["iteration"] == 13
+
+
+def test_bands_spend_the_budget_near_each_limit(cfg_factory, tmp_path):
+    res = execute(cfg_factory("search=bands", "task=search", "search.plot=false", "search.budget=2345",
+                              "search.init_size=200", "search.budget_per_iter=250", "tracking=none"),
+                  run_dir=tmp_path / "r")
+    scored, strat = res["scored"], res["strategy"]
+    assert res["stop_reason"] == "budget" and len(scored) == 2345
+    assert not scored.duplicated(["arch", "resolution"]).any()
+    assert strat.limits == [15.0, 20.0, 25.0, 30.0]
+    origins = scored.origin.value_counts()
+    assert origins["init"] == 200 and origins["front"] > 0
+    width = strat.cfg.band_width
+    for lim in strat.limits:
+        band = scored[scored.origin == f"band_{lim:g}"]
+        assert len(band) > 100
+        assert (band.latency <= lim + 1e-9).all()  # a band never scores an arch over its limit ...
+        assert (band.latency >= lim * (1 - width)).mean() > 0.9  # ... and almost only archs just under it
+    # cost checks are counted, not cached (nor journaled)
+    last = res["history"][-1]
+    assert last["cost_checks"] > len(scored) - 200 and not strat.ev.cost_cache
+    # the best under each limit is a band's child, not the random initial set's
+    for lim in strat.limits:
+        under = scored[scored.latency <= lim]
+        assert under.loc[under.accuracy.idxmax(), "origin"] != "init"
+
+
+def test_bands_rejects_bad_options(cfg_factory, tmp_path):
+    for bad, needle in (("search.band_width=1.5", "band_width"), ("search.parents=0", "parents"),
+                        ("search.gene_share=0.8", r"gene_share \+ search.crossover_share")):
+        with pytest.raises(UserError, match=needle):
+            execute(cfg_factory("search=bands", "task=search", "search.budget=300", bad, "tracking=none"),
+                    run_dir=tmp_path / bad.split("=")[0])
+
 def crash_at(monkeypatch, iteration: int, after_commit: bool):
     real = SearchRunner._commit
 
@@ -314,9 +355,13 @@ def crash_at(monkeypatch, iteration: int, after_commit: bool):
     ("rm_pareto", ["search.pareto_runs=2"], (0, True)),
     ("evolution", ["search.budget=900", "search.population_size=60", "search.constraint.latency=22"], (4, False)),
     ("rm_cons_acc", ["search.constraint.latency=18", "search.init_size=30"], (2, False)),
+    ("bands", ["search.budget=1300", "search.budget_per_iter=150"], (3, False)),
+    ("bands", ["search.budget=1000", "search.budget_per_iter=120", "search.insight=note10"], (1, True)),
 ])
 def test_resume_after_a_crash_ends_identical(cfg_factory, tmp_path, monkeypatch, strategy, extra, crash):
     overrides = [f"search={strategy}", *(BASE if strategy == "evolution" else SMALL), *extra, "tracking=none"]
+    if strategy == "bands":
+        overrides += ["search.init_size=100"]
     ref = execute(cfg_factory(*overrides), run_dir=tmp_path / "ref")
     with monkeypatch.context() as mp:
         crash_at(mp, *crash)

@@ -27,7 +27,7 @@ def _random_checkpoint(space, folder, seed=0):
     """A random-init supernet whose classifier only ranks the data's classes (others far below),
     so top-1 depends on the images and top-5 is always 100 %; saved as OFA does."""
     torch.manual_seed(seed)
-    net = space._new_supernet()
+    net = space.new_supernet()
     fc = [m for m in net.modules() if isinstance(m, torch.nn.Linear) and m.out_features == 1000][-1]
     with torch.no_grad():
         fc.weight[N_CLASSES:] = 0

@@ -57,4 +57,8 @@ def one_line_user_error(exc: BaseException) -> str | None:
         return "; ".join(lines[:2]) if lines else type(exc).__name__
     if isinstance(exc, OmegaConfBaseException):
         return _omegaconf_line(exc)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        # the file system refused (read-only or full disk, no permission, a file where a
+        # folder should be): the user's to fix, not a bug
+        return f"cannot write {exc.filename}: {exc.strerror or exc}"
     return None

@@ -9,6 +9,7 @@ later removes the run folder Hydra made when it holds nothing of value.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from blockprof.app.metric_factory import build_metrics, check_metric_config
 from blockprof.app.schema import unknown_keys
@@ -29,8 +30,10 @@ from blockprof.metrics.base import Metric
 
 log = logging.getLogger(__name__)
 GROUPS = ("space", "device", "metric", "task", "tracking")
+SPACE_APP_KEYS = ("hv_reference",)
 # files Hydra and logging put in every run folder: a folder holding only these is empty
 _NO_VALUE = {".hydra", "run.log"}
+MAX_EXPERIMENT_NAME = 256  # MLflow stores experiment names in a 256-character column
 
 
 @dataclass
@@ -58,8 +61,10 @@ class RunContext:
 
 def space_from_config(cfg: DictConfig) -> DesignSpace:
     """`space._target_` builds the design space from the group's keys."""
+    # keys the app reads itself, not the family constructor
+    build = OmegaConf.masked_copy(cfg.space, [k for k in cfg.space if k not in SPACE_APP_KEYS])
     try:
-        return instantiate(cfg.space, _convert_="all")
+        return instantiate(build, _convert_="all")
     except UserError:
         raise
     except Exception as exc:  # instantiate wraps the constructor's own UserError
@@ -94,7 +99,25 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"seed must be a non-negative integer, not {cfg.seed!r}")
     if cfg.tracking.backend not in ("local", "none", "server"):
         raise UserError(f"unknown tracking.backend '{cfg.tracking.backend}' (local, none, server)")
+    name = str(cfg.tracking.experiment)
+    if not name.strip() or len(name) > MAX_EXPERIMENT_NAME or not name.isprintable():
+        raise UserError(f"tracking.experiment must be 1-{MAX_EXPERIMENT_NAME} printable characters "
+                        f"(got {len(name)})")
+    check_writable(resolve_output_root(cfg), "paths.output_root")
     check_metric_config(cfg, cfg.space.name, notify=False)
+
+
+def check_writable(path: Path, what: str) -> None:
+    """`path` is, or can become, a folder this process may write to (nothing is created)."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"{what} {path} lies inside {probe}, which is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {path} is not writable ({probe} refuses writes); pick another folder")
 
 
 def run_dir_of(cfg: DictConfig) -> Path:

@@ -6,11 +6,11 @@ import sys
 from hydra.utils import get_method
 
 from blockprof.common.errors import UserError
-from blockprof.core.space import DesignSpace
+from blockprof.core.space import DesignSpace, spaces_with
 from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
 from blockprof.metrics.analytic import mmacs_metric, params_metric
 from blockprof.metrics.base import Metric
-from blockprof.metrics.lut import ProxylessMobileLatency, note10_latency
+from blockprof.metrics.lut import lookup_table_latency
 from blockprof.metrics.measured import MeasuredLatency
 
 
@@ -23,17 +23,24 @@ def _unavailable(cfg, name: str, space_name: str) -> str | None:
         src = cfg.metric.accuracy.source
         if src not in ACCURACY_SOURCES:
             return f"unknown metric.accuracy.source '{src}' (choose from {list(ACCURACY_SOURCES)})"
-        if src == "predictor" and space_name not in ("mbv3", "resnet50"):
-            return (f"no public accuracy predictor for space {space_name} (OFA published mbv3 w1.2 and "
-                    f"resnet50); use metric.accuracy.source=supernet or drop accuracy")
+        if src == "predictor" and _capabilities(cfg).accuracy_predictor is None:
+            return (f"no public accuracy predictor for space {space_name} (spaces with one: "
+                    f"{', '.join(spaces_with('accuracy_predictor'))}); use metric.accuracy.source=supernet "
+                    "or drop accuracy")
     if name == "latency":
         lat = cfg.device.latency
         if lat.source not in LATENCY_SOURCES:
             return f"unknown device.latency.source '{lat.source}' (choose from {list(LATENCY_SOURCES)})"
-        if lat.source == "lut" and space_name not in ("mbv3", "pn"):
-            return (f"device {cfg.device.name} has lookup tables for mbv3 (w1.2) and pn, not {space_name}; "
-                    "pick device=local_cpu or a predictor device")
+        if lat.source == "lut" and _capabilities(cfg).lookup_table is None:
+            return (f"device {cfg.device.name} has no latency lookup table for space {space_name} (spaces with "
+                    f"one: {', '.join(spaces_with('lookup_table'))}); pick device=local_cpu or a predictor device")
     return None
+
+
+def _capabilities(cfg):
+    """What the configured space declares (building a space is cheap: no supernet)."""
+    from hydra.utils import instantiate
+    return instantiate(cfg.space, _convert_="all").capabilities
 
 
 def check_metric_config(cfg, space_name: str, notify: bool = True) -> list[str]:
@@ -71,11 +78,7 @@ def supernet_accuracy(cfg, space):
 
 
 def lut_latency(cfg, space):
-    table = cfg.device.latency.get("table")
-    if space.name == "pn":
-        return ProxylessMobileLatency(space, table)
-    paths = {r: f"{table}/{r}_lookup_table.yaml" for r in space.resolutions} if table else None
-    return note10_latency(space, paths)
+    return lookup_table_latency(space, cfg.device.latency.get("table"))
 
 
 def measured_latency(cfg, space):

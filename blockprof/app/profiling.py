@@ -15,6 +15,8 @@ sharding.
 """
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,8 +24,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from blockprof.common.fileio import atomic_write, write_csv
+from blockprof.common.errors import UserError
+from blockprof.common.fileio import atomic_write, atomic_write_text, write_csv
 from blockprof.core.space import Arch, DesignSpace, Slot
+
+logger = logging.getLogger(__name__)
 
 STATS = ("mean", "std", "q01", "q05", "q95", "q99", "min", "max")
 QUANTILES = {"q01": 0.01, "q05": 0.05, "q95": 0.95, "q99": 0.99}
@@ -75,14 +80,15 @@ def group_archs(space: DesignSpace, group: Group, base: list[Arch], seed: int) -
 def samples_frame(space: DesignSpace, groups: Sequence[Group], archs_per_group: Sequence[list[Arch]],
                   values: dict[str, np.ndarray]) -> pd.DataFrame:
     """One row per group x arch: slot columns (empty for baseline / multi-slot groups), arch, metrics."""
-    rows = []
-    for g, archs in zip(groups, archs_per_group):
-        cols = space.slot_columns(g.slots[0] if len(g.slots) == 1 else None)
-        res = g.slots[0].resolution if len(g.slots) == 1 else None
-        for a in archs:
-            rows.append({"group": g.index, "slot": g.label, **cols, "slot_resolution": res,
-                         "arch": a.text, "resolution": a.resolution})
-    df = pd.DataFrame(rows)
+    # the group's columns once per group (same dtype inference as per row), repeated per arch
+    per_group = pd.DataFrame([{"group": g.index, "slot": g.label,
+                               **space.slot_columns(g.slots[0] if len(g.slots) == 1 else None),
+                               "slot_resolution": g.slots[0].resolution if len(g.slots) == 1 else None}
+                              for g in groups])
+    sizes = np.array([len(archs) for archs in archs_per_group], dtype=np.intp)
+    df = per_group.iloc[np.repeat(np.arange(len(groups)), sizes)].reset_index(drop=True)
+    df["arch"] = [a.text for archs in archs_per_group for a in archs]
+    df["resolution"] = [a.resolution for archs in archs_per_group for a in archs]
     for name, v in values.items():
         df[name] = v
     return df
@@ -131,7 +137,13 @@ def summarise(space: DesignSpace, groups: Sequence[Group], samples: pd.DataFrame
 # ------------------------------------------------------------------ resume
 class ChunkStore:
     """Finished chunks of a profile, one CSV each, written atomically. A rerun into
-    the same folder loads them and scores only what is missing."""
+    the same folder loads them and scores only what is missing.
+
+    A chunk is only reused when it holds exactly the archs the settings give for its
+    groups and a value per metric; a damaged one (truncated, edited, of another
+    chunking) is profiled again, which is always safe."""
+
+    SETTINGS = "settings.json"
 
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir) / "profile_chunks"
@@ -140,9 +152,58 @@ class ChunkStore:
     def path(self, first_group: int) -> Path:
         return self.dir / f"groups_{first_group:06d}.csv"
 
-    def load(self, first_group: int) -> pd.DataFrame | None:
+    def check_settings(self, key: str) -> None:
+        """Refuse the chunks of another profile; record `key` for a later resume."""
+        meta = self.dir / self.SETTINGS
+        if meta.exists():
+            try:
+                found = json.loads(meta.read_text()).get("key")
+            except (OSError, ValueError, AttributeError):
+                raise UserError(f"{meta} is damaged, so the chunks profiled beside it cannot be trusted; delete "
+                                f"{self.dir} to profile from scratch, or use a new run folder") from None
+            if found != key:
+                raise UserError(f"{self.dir.parent} holds a profile with other settings; use a new run folder")
+        else:
+            atomic_write_text(meta, json.dumps({"key": key}))
+
+    def load(self, first_group: int, groups: Sequence[Group] | None = None,
+             archs: Sequence[Sequence[Arch]] | None = None,
+             metric_names: Sequence[str] = ()) -> pd.DataFrame | None:
+        """The chunk's rows if present and intact (checked against the expected `groups`
+        and `archs` when given), else None."""
         p = self.path(first_group)
-        return pd.read_csv(p, keep_default_na=True) if p.exists() else None
+        if not p.exists():
+            return None
+        try:
+            df = pd.read_csv(p, keep_default_na=True)
+            why = None if groups is None or archs is None else _chunk_damage(df, groups, archs, metric_names)
+        except (OSError, ValueError, pd.errors.ParserError) as exc:  # incl. UnicodeDecodeError, EmptyDataError
+            why = " ".join(str(exc).split())[:120] or type(exc).__name__
+        if why is None:
+            return df
+        logger.warning("profile chunk %s is damaged (%s); profiling its groups again", p, why)
+        return None
 
     def save(self, first_group: int, df: pd.DataFrame) -> None:
         atomic_write(self.path(first_group), lambda p: write_csv(df, p), durable=True)
+
+
+def _chunk_damage(df: pd.DataFrame, groups: Sequence[Group], archs: Sequence[Sequence[Arch]],
+                  metric_names: Sequence[str]) -> str | None:
+    """Why a loaded chunk cannot be the one these groups and archs produce, or None."""
+    flat = [x for a in archs for x in a]
+    missing = [c for c in ("group", "arch", "resolution", *metric_names) if c not in df.columns]
+    if missing:
+        return f"lacks column(s) {', '.join(missing)}"
+    if len(df) != len(flat):
+        return f"{len(df)} rows, expected {len(flat)}"
+    if list(pd.to_numeric(df["group"], errors="coerce")) != [g.index for g, a in zip(groups, archs) for _ in a]:
+        return "other slot groups than these settings give"
+    if list(df["arch"].astype(str)) != [x.text for x in flat] or \
+            list(pd.to_numeric(df["resolution"], errors="coerce")) != [x.resolution for x in flat]:
+        return "other archs than these settings give"
+    for m in metric_names:
+        v = pd.to_numeric(df[m], errors="coerce")
+        if v.isna().any() and not df[m].isna().all():  # all-NaN: a metric that skipped every arch
+            return f"non-numeric {m} values"
+    return None

@@ -25,6 +25,9 @@ class SpaceConfig:
     name: str = MISSING
     width_mult: Optional[float] = None
     resolutions: List[int] = MISSING
+    # hypervolume reference (the worst corner) per objective, so every search of this space
+    # is measured against the same point; latency's comes from the device
+    hv_reference: Dict[str, Optional[float]] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ device latency variants
@@ -33,6 +36,7 @@ class LatencyConfig:
     # the source picks the builder: blockprof.app.metric_factory.<source>_latency(cfg, space)
     _target_: str = "blockprof.app.metric_factory.${.source}_latency"
     source: str = MISSING
+    hv_reference: Optional[float] = None  # ms: the search hypervolume's latency reference on this device
 
 
 @dataclass

@@ -1,15 +1,18 @@
 """Public asset files (OFA predictors, latency lookup tables): find, verify, load.
 
-Resolution order (DESIGN.md section 7): an explicit path from the config -> the
-project cache -> a local mirror named by ``$BLOCKPROF_ASSET_MIRROR`` (used in
-place) -> download from the official URL into the cache. Every file is checked
-against its SHA-256 before use; nothing is ever loaded unverified.
+Resolution order: an explicit path from the config -> the project cache -> a
+local mirror named by ``$BLOCKPROF_ASSET_MIRROR`` (used in place) -> download
+from the official URL into the cache. Every file is checked against its SHA-256
+before use; nothing is ever loaded unverified. A damaged cached copy is dropped
+and replaced from the mirror or the official URL; a damaged configured or mirror
+file is an error (they are the user's).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import tempfile
 import urllib.request
@@ -18,6 +21,8 @@ from pathlib import Path
 
 from blockprof.common.errors import UserError
 from blockprof.common.fileio import sha256_file
+
+logger = logging.getLogger(__name__)
 
 URL_BASE = "https://raw.githubusercontent.com/han-cai/files/master/"
 MIRROR_ENV = "BLOCKPROF_ASSET_MIRROR"
@@ -104,7 +109,15 @@ def resolve_asset(relpath: str, explicit_path: str | None = None, cache_dir: str
 
     cached = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / relpath
     if cached.is_file():
-        return _verify(cached, asset, "cached")
+        try:
+            return _verify(cached, asset, "cached")
+        except UserError:  # our own copy, damaged (a cut download, a disk error): fetch it again
+            logger.warning("asset %s: cached file %s fails its checksum; removed, using the mirror or "
+                           "downloading it again", relpath, cached)
+            try:
+                cached.unlink()
+            except OSError:
+                pass
 
     mirror = os.environ.get(MIRROR_ENV)
     if mirror and (Path(mirror).expanduser() / relpath).is_file():

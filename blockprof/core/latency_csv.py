@@ -8,6 +8,7 @@ A malformed row is an error naming the file and line - never a silent skip.
 from __future__ import annotations
 
 import csv
+import gzip
 import math
 import os
 from dataclasses import dataclass
@@ -84,7 +85,8 @@ def select_device(records: list[LatencyRecord], device: str | None, path: Path,
 def _read_rows(path: Path, space: DesignSpace, require_latency: bool) -> list[LatencyRecord]:
     records: list[LatencyRecord] = []
     seen: set[int] = set()
-    with open(path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM is fine
+    opener = gzip.open if str(path).endswith(".gz") else open  # committed datasets are gzipped
+    with opener(path, "rt", newline="", encoding="utf-8-sig") as f:  # a spreadsheet's BOM is fine
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None:

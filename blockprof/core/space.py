@@ -25,6 +25,7 @@ hook                   what the family says
 `ofa_accuracy_features` OFA's accuracy-predictor input for a `SlotEncoding`
 `new_supernet`         the OFA supernet (random weights)
 `capabilities`         which public predictor, lookup table, supernet checkpoint exist
+`insight_names`        which insight profile files fit (spaces sharing tokens share one)
 `ops_class`            the `FamilyOps` the search mutates archs with
 =====================  ==========================================================
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.resources
+import itertools
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
 
@@ -115,6 +117,8 @@ class DesignSpace:
     ops_class: ClassVar[type["FamilyOps"]]
     name: str
     supernet: str
+    width_mult: float | None = None  # None: the family has no global width multiplier
+    hv_reference: dict  # search hypervolume reference per objective (from the space's config)
     resolutions: tuple[int, ...]
     min_layers: tuple[int, ...]
     max_layers: tuple[int, ...]
@@ -192,6 +196,11 @@ class DesignSpace:
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities()
+
+    @property
+    def insight_names(self) -> tuple[str, ...]:
+        """Insight profile files (conf/insight/<name>.yaml) that fit the space, preferred first."""
+        return (self.name,)
 
     # ---- generic ------------------------------------------------------
     params: dict  # the constructor's keyword arguments, name aside
@@ -296,8 +305,9 @@ class DesignSpace:
         or resolution the space lacks and ValueError on a wrong unit or layer count."""
         n, U = len(archs), self.n_units
         ti, ri = self._token_id, self._res_id
-        flat = np.fromiter((ti[t] for a in archs for u in a.units for t in u), dtype=np.int16)
-        depth = np.fromiter((len(u) for a in archs for u in a.units), dtype=np.int16, count=n * U).reshape(n, U)
+        units = list(_chain(a.units for a in archs))
+        flat = np.array(list(map(ti.__getitem__, _chain(units))), dtype=np.int16)
+        depth = np.fromiter(map(len, units), dtype=np.int16, count=n * U).reshape(n, U)
         res = np.fromiter((ri[a.resolution] for a in archs), dtype=np.int16, count=n)
         if (depth > np.array(self.max_layers, dtype=np.int16)).any():
             raise ValueError(f"{self.name}: a unit has more layers than the space allows")
@@ -372,6 +382,9 @@ class DesignSpace:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
+
+
+_chain = itertools.chain.from_iterable
 
 
 def _is_seq(x) -> bool:
@@ -509,3 +522,16 @@ def build_space(name: str, resolutions: Sequence[int] | None = None, width_mult:
         return cls(name=name, **spec)
     except TypeError as exc:  # a key the family does not take
         raise UserError(f"space '{name}': {exc}") from None
+
+
+def spaces_with(capability: str) -> list[str]:
+    """Names of the shipped spaces that declare `capability` (a `Capabilities` field)."""
+    out = []
+    for name in available_spaces():
+        try:
+            space = build_space(name)
+        except UserError:
+            continue
+        if getattr(space.capabilities, capability, None):
+            out.append(name)
+    return out

@@ -1,96 +1,79 @@
 """OFA's public ImageNet accuracy predictors, batched."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
 from blockprof.common.assets import load_torch_asset
 from blockprof.common.errors import UserError
-from blockprof.core.space import DesignSpace, MBConvSpace, ResNetSpace, SlotEncoding
+from blockprof.core.space import Arch, DesignSpace, SlotEncoding
 from blockprof.metrics.base import Metric
 
 
-class OFAAccuracyPredictor(Metric):
-    """OFA's public ImageNet top-1 predictors (MobileNetV3 w1.2; ResNet50), in %.
+def mlp_layers(state: dict) -> tuple[list[tuple[torch.Tensor, torch.Tensor | None]], float]:
+    """The linear layers of an OFA predictor checkpoint, in order, as (W^T, bias or None),
+    and its `base_acc` offset (0 when absent). Works for both layouts OFA used: a flat
+    nn.Sequential (`0.weight`, ...) and nested ones (`layers.0.0.weight`, ...)."""
+    state = state.get("state_dict", state)
+    base = state.get("base_acc")
+    layers = []
+    for key, w in state.items():
+        if key.endswith(".weight") and w.dim() == 2:
+            b = state.get(key[:-len("weight")] + "bias")
+            layers.append((w.detach().float().t().contiguous(), None if b is None else b.detach().float().clone()))
+    if not layers:
+        raise UserError("accuracy predictor checkpoint holds no linear layers")
+    for (w0, _), (w1, _) in zip(layers, layers[1:]):
+        if w0.shape[1] != w1.shape[0]:
+            raise UserError(f"accuracy predictor checkpoint: layer shapes {tuple(w0.shape)} -> {tuple(w1.shape)} do not chain")
+    return layers, (0.0 if base is None else float(base.reshape(-1)[0]))
 
-    Features are built for the whole batch at once from the slot encoding, in the
-    exact layout OFA's encoders use, and the MLP runs once over the batch.
+
+class OFAAccuracyPredictor(Metric):
+    """OFA's public ImageNet top-1 predictors, in %, for spaces whose family declares one
+    (`space.capabilities.accuracy_predictor`).
+
+    The space builds the predictor's input for the whole batch at once from its slot
+    encoding, in the exact layout OFA's encoders use; the MLP (ReLU between linear
+    layers) then runs in row chunks that keep its activations in cache.
     """
     name, unit, higher_is_better = "accuracy", "%", True
-    MBV3_RES = (112, 128, 144, 160, 176, 192, 208, 224)
-    RESNET_RES = (128, 144, 160, 176, 192, 224, 240, 256)
+    CHUNK = 1024  # rows per matmul: 1024 x 400 float32 activations stay in cache
 
     def __init__(self, space: DesignSpace, explicit_path: str | None = None):
         self.space = space
-        if isinstance(space, MBConvSpace) and space.name == "mbv3" and space.width_mult == 1.2:
-            sd = load_torch_asset("ofa/acc_predictor.pth", explicit_path=explicit_path)
-            self.net = torch.nn.Sequential(
-                torch.nn.Linear(128, 400), torch.nn.ReLU(), torch.nn.Linear(400, 400), torch.nn.ReLU(),
-                torch.nn.Linear(400, 400), torch.nn.ReLU(), torch.nn.Linear(400, 1))
-            self.net.load_state_dict(sd)
-            self.base, self.res_list = 0.0, self.MBV3_RES
-        elif isinstance(space, ResNetSpace):
-            sd = load_torch_asset("ofa/ofa_resnet50_acc_predictor.pth", explicit_path=explicit_path)
-            sd = sd.get("state_dict", sd)
-            layers = []
-            for i in range(3):
-                layers += [torch.nn.Linear(82 if i == 0 else 400, 400), torch.nn.ReLU()]
-            self.net = torch.nn.Sequential(*layers, torch.nn.Linear(400, 1, bias=False))
-            # OFA nests each hidden layer in its own Sequential: layers.{i}.0.* -> flat index
-            flat = {}
-            for k, v in sd.items():
-                if k == "base_acc":
-                    continue
-                parts = k.split(".")
-                idx = int(parts[1]) * 2 if len(parts) == 4 else 6
-                flat[f"{idx}.{parts[-1]}"] = v
-            self.net.load_state_dict(flat)
-            self.base, self.res_list = float(sd["base_acc"].reshape(-1)[0]), self.RESNET_RES
-        else:
+        asset = space.capabilities.accuracy_predictor
+        if asset is None:
             raise UserError(f"no public accuracy predictor for space '{space.name}' "
-                            "(OFA published them for mbv3 at width 1.2 and resnet50); "
+                            "(OFA published them for MobileNetV3 at width 1.2 and ResNet50); "
                             "use metric.accuracy.source=supernet or drop accuracy from the metrics")
         for r in space.resolutions:
-            if r not in self.res_list:
-                raise UserError(f"the {space.name} accuracy predictor knows resolutions {list(self.res_list)}, not {r}")
-        self.net.eval()
-        self._res_map = np.array([self.res_list.index(r) for r in space.resolutions])
+            if r not in asset.resolutions:
+                raise UserError(f"the {space.name} accuracy predictor knows resolutions {list(asset.resolutions)}, not {r}")
+        self.layers, self.base = mlp_layers(load_torch_asset(asset.asset, explicit_path=explicit_path))
 
     def features(self, enc: SlotEncoding) -> np.ndarray:
-        n = len(enc.res)
-        if isinstance(self.space, ResNetSpace):
-            return self._resnet_features(enc)
-        S = enc.choice.shape[1]
-        x = np.zeros((n, 128), dtype=np.float32)
-        rows, slots = np.nonzero(enc.choice >= 0)
-        b = enc.choice[rows, slots].astype(np.intp)
-        x[rows, slots * 3 + b % 3] = 1  # kernel one-hot
-        x[rows, 3 * S + slots * 3 + b // 3] = 1  # expand one-hot
-        x[np.arange(n), 6 * S + self._res_map[enc.res]] = 1
-        return x
+        return self.space.ofa_accuracy_features(enc)
 
-    def _resnet_features(self, enc):
-        sp: ResNetSpace = self.space
-        n = len(enc.res)
-        x = np.zeros((n, 82), dtype=np.float32)
-        ar = np.arange(n)
-        x[ar, self._res_map[enc.res]] = 1
-        stem = enc.choice[:, 0].astype(np.intp)
-        d = np.array(sp.stem_depths)[stem // 9]
-        x[ar, 8 + (d > 0)] = 1
-        # six width one-hots of 3: stem conv 0, stem conv 1, then units 1-4
-        x[ar, 10 + (stem // 3) % 3] = 1
-        x[ar, 13 + stem % 3] = 1
-        for u in range(1, 5):  # a unit's width = w_out of its first layer
-            first = enc.choice[:, sp.slot_offsets[u]].astype(np.intp)
-            x[ar, 10 + 3 * (u + 1) + first % 3] = 1
-        rows, slots = np.nonzero(enc.choice[:, 1:] >= 0)
-        e_idx = enc.choice[rows, slots + 1] // 9
-        x[rows, 28 + slots * 3 + e_idx] = 1
-        return x
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The MLP over feature rows x [n, d] -> top-1 in % (float64)."""
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        if x.shape[1] != self.layers[0][0].shape[0]:
+            raise UserError(f"accuracy predictor expects {self.layers[0][0].shape[0]} features, "
+                            f"space {self.space.name} encodes {x.shape[1]}")
+        out = torch.empty(len(x), self.layers[-1][0].shape[1])
+        last = len(self.layers) - 1
+        with torch.inference_mode():
+            for i in range(0, len(x), self.CHUNK):
+                h = x[i:i + self.CHUNK]
+                for k, (w, b) in enumerate(self.layers):
+                    h = torch.addmm(b, h, w) if b is not None else h @ w
+                    if k < last:
+                        h.relu_()
+                out[i:i + self.CHUNK] = h
+        return (out.reshape(-1).numpy().astype(np.float64) + self.base) * 100.0
 
-    @torch.no_grad()
-    def evaluate(self, archs):
-        x = torch.from_numpy(self.features(self.space.encode(archs)))
-        return (self.net(x).reshape(-1).numpy().astype(np.float64) + self.base) * 100.0
-
+    def evaluate(self, archs: Sequence[Arch]) -> np.ndarray:
+        return self.predict(self.features(self.space.encode(archs)))

@@ -4,8 +4,9 @@ from __future__ import annotations
 import torch
 
 from blockprof.common.assets import load_yaml_asset
+from blockprof.common.errors import UserError
 from blockprof.core.layers import ConvLayer, Layer, LinearLayer, MBConvLayer, PoolLayer, layer_macs
-from blockprof.core.space import DesignSpace, MBConvSpace, build_space
+from blockprof.core.space import DesignSpace
 from blockprof.metrics.base import AdditiveMetric
 
 
@@ -38,7 +39,7 @@ class LUTLatency(AdditiveMetric):
         super().__init__(space, name, "ms", False, layer_cost, 1.0, describe)
 
 
-def note10_latency(space: MBConvSpace, table_paths: dict | None = None) -> LUTLatency:
+def note10_latency(space: DesignSpace, table_paths: dict | None = None) -> LUTLatency:
     tables = {r: load_yaml_asset(f"ofa/note10/{r}_lookup_table.yaml",
                                  explicit_path=(table_paths or {}).get(r)) for r in space.resolutions}
 
@@ -59,19 +60,18 @@ class ProxylessMobileLatency(LUTLatency):
     not a measurement of w1.3 - documented as such.
     """
 
-    def __init__(self, space: MBConvSpace, explicit_path: str | None = None):
+    def __init__(self, space: DesignSpace, explicit_path: str | None = None):
         self.table = load_yaml_asset("proxylessnas/mobile_trim.yaml", explicit_path=explicit_path)
-        ref = build_space("pn", resolutions=(224,), width_mult=1.0)
-        # every layer pn can have, at each resolution -> the same position of the reference net
+        ref = space.variant(resolutions=(224,), width_mult=1.0)
+        # every layer the space can have, at each resolution -> the same position of the reference net
         self._ref_of: dict[tuple[Layer, int], Layer] = {}
         for r in space.resolutions:
-            for u in range(space.n_units):
-                for j in range(space.max_layers[u]):
-                    for b in space.blocks:
-                        self._ref_of[(space.block_layer(u, j, b, r), r)] = ref.block_layer(u, j, b, 224)
-            mine = space._stem_layers(r) + space._head_layers(space.unit_input_sizes(r)[-1])
-            theirs = ref._stem_layers(224) + ref._head_layers(ref.unit_input_sizes(224)[-1])
-            self._ref_of.update({(a, r): b for a, b in zip(mine, theirs)})
+            for s in range(space.n_slot_positions):
+                for c in range(space.n_slot_choices):
+                    for a, b in zip(space.choice_layers(r, s, c)[0], ref.choice_layers(224, s, c)[0]):
+                        self._ref_of[(a, r)] = b
+            mine, theirs = space.fixed_layers(r, 0), ref.fixed_layers(224, 0)
+            self._ref_of.update({(a, r): b for a, b in zip(mine[0] + mine[1], theirs[0] + theirs[1])})
         super().__init__(space, "latency", self._cost, lambda l, r: self._key(self._ref_of[(l, r)]))
 
     def _key(self, layer: Layer, expand: int | None = None) -> str:
@@ -107,3 +107,22 @@ class ProxylessMobileLatency(LUTLatency):
             lat = self._entry(self._key(ref))
         return lat * layer_macs(layer) / layer_macs(ref)
 
+
+
+def _note10(space: DesignSpace, table: str | None) -> LUTLatency:
+    paths = {r: f"{table}/{r}_lookup_table.yaml" for r in space.resolutions} if table else None
+    return note10_latency(space, paths)
+
+
+# lookup-table kinds a space may declare (`space.capabilities.lookup_table`) -> builder(space,
+# explicit table path or folder or None)
+LOOKUP_TABLES = {"note10": _note10, "proxyless_mobile": ProxylessMobileLatency}
+
+
+def lookup_table_latency(space: DesignSpace, table: str | None = None) -> LUTLatency:
+    """The latency lookup table the space declares; `table` replaces the downloaded file(s)
+    (Note10: a folder of {r}_lookup_table.yaml; ProxylessNAS mobile: the YAML file)."""
+    kind = space.capabilities.lookup_table
+    if kind not in LOOKUP_TABLES:
+        raise UserError(f"space {space.name} has no latency lookup table; pick device=local_cpu or a predictor device")
+    return LOOKUP_TABLES[kind](space, table)

@@ -173,7 +173,7 @@ def load_supernet(space: DesignSpace, path: Path, allow_pickle: bool = False) ->
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"checkpoint {path} is not an OFA supernet checkpoint (expected a dict of tensors "
                         "under 'state_dict')")
-    net = space._new_supernet()
+    net = space.new_supernet()
     own = net.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
@@ -325,6 +325,7 @@ class SupernetAccuracy(Metric):
         self.memo_path = Path(path)
         if self.memo_path.is_file():
             self._results.update(read_memo(self.memo_path))
+            _drop_torn_tail(self.memo_path)  # else the next row appended would be glued onto it
 
     def _record(self, fp: str, arch: Arch, top1: float, top5: float, n_val: int, seconds: float) -> None:
         self._results[(fp, arch.text, arch.resolution)] = (top1, top5)
@@ -477,8 +478,12 @@ def _resolve_device(device: str) -> str:
 def read_memo(path: Path) -> dict[tuple[str, str, int], tuple[float, float]]:
     """Rows of an accuracy memo; a torn last line (a run killed mid-write) is ignored."""
     out = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"{path} is not a text accuracy memo (binary or damaged); delete it, its "
+                        "accuracies are computed again") from None
     if not lines:
         return out
     header = next(csv.reader([lines[0]]))
@@ -493,3 +498,11 @@ def read_memo(path: Path) -> dict[tuple[str, str, int], tuple[float, float]]:
                 continue
             raise UserError(f"{path}:{i}: malformed accuracy memo row; delete the line or the file") from None
     return out
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a last line a killed run left without its newline (read_memo ignores it)."""
+    with open(path, "r+b") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)

@@ -164,6 +164,9 @@ class ExportTask(Task):
         atomic_write_text(out / META, json.dumps({**settings, "source": source, "archs": len(archs),
                                                   "target": device, "torch": torch.__version__},
                                                  indent=2, sort_keys=True))
+        for fmt in formats:  # half-written files of a killed run (atomic_write's temp files)
+            for stale in (out / fmt).glob(f".*.{fmt}.*.tmp"):
+                stale.unlink()
         rows, made, kept = [], 0, 0
         t0 = time.perf_counter()
         prev = torch.get_num_threads()

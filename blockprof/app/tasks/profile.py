@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 
 import numpy as np
@@ -12,15 +13,21 @@ from blockprof.infra import plots
 from blockprof.common.errors import UserError
 from blockprof.common.fileio import atomic_write, write_csv
 from blockprof.metrics.base import score
-from blockprof.app.profiling import BASELINE, ChunkStore, base_archs, group_archs, make_groups, samples_frame, summarise
+from blockprof.app.profiling import (BASELINE, ChunkStore, base_archs, baseline_resolution, group_archs, make_groups,
+                                     samples_frame, summarise)
 from blockprof.common.progress import progress
 from blockprof.app.task import Task
 
+logger = logging.getLogger(__name__)
 
-def _settings_key(cfg, groups, metric_names) -> str:
-    blob = json.dumps({"seed": cfg.seed, "n": int(cfg.task.num_archs), "space": cfg.space.name,
-                       "resolutions": list(cfg.space.resolutions), "metrics": list(metric_names),
-                       "device": cfg.device.name, "groups": [g.label for g in groups]}, sort_keys=True)
+
+def _settings_key(cfg, groups, metric_names, base_resolution=None) -> str:
+    settings = {"seed": cfg.seed, "n": int(cfg.task.num_archs), "space": cfg.space.name,
+                "resolutions": list(cfg.space.resolutions), "metrics": list(metric_names),
+                "device": cfg.device.name, "groups": [g.label for g in groups]}
+    if base_resolution is not None:  # only then: the keys of earlier runs stay valid
+        settings["baseline_resolution"] = int(base_resolution)
+    blob = json.dumps(settings, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -60,22 +67,22 @@ def run(ctx, tracker):
                  else max(1, int(cfg.task.chunk_archs) // n))
     metric_names = list(ctx.metrics)
     store = ChunkStore(ctx.run_dir)
-    key = _settings_key(cfg, groups, metric_names)
-    meta = store.dir / "settings.json"
-    if meta.exists() and json.loads(meta.read_text()).get("key") != key:
-        raise UserError(f"{ctx.run_dir} holds a profile with other settings; use a new run folder")
-    meta.write_text(json.dumps({"key": key}))
+    base_res = baseline_resolution(groups)
+    if base_res is None and any(s.resolution for g in groups for s in g.slots):
+        logger.warning("the slot groups fix several resolutions (or some none): the baseline samples the "
+                       "resolution, so a fixed-resolution group's difference includes a resolution offset")
+    store.check_settings(_settings_key(cfg, groups, metric_names, base_res))
 
-    base = base_archs(ctx.space, cfg.seed, n)
+    base = base_archs(ctx.space, cfg.seed, n, resolution=base_res)
     chunks = [groups[i:i + per_chunk] for i in range(0, len(groups), per_chunk)]
     frames, resumed = [], 0
     for chunk in progress(chunks, desc="profiling", total=len(chunks)):
-        done = store.load(chunk[0].index)
+        archs = [group_archs(ctx.space, g, base, cfg.seed) for g in chunk]
+        done = store.load(chunk[0].index, chunk, archs, metric_names)  # damaged: None, profiled again
         if done is not None:
             frames.append(done)
             resumed += 1
             continue
-        archs = [group_archs(ctx.space, g, base, cfg.seed) for g in chunk]
         flat = [a for group in archs for a in group]
         df = samples_frame(ctx.space, chunk, archs, score(ctx.metrics, flat))
         store.save(chunk[0].index, df)

@@ -47,6 +47,7 @@ class MBConvBackbone:
     min_layers: tuple[int, ...]
     max_layers: tuple[int, ...]
     supernet_prefix: str
+    insight: str                # the insight profile file every width of the backbone shares
 
 
 def _mobilenetv3(width_mult: float) -> MBConvBackbone:
@@ -58,7 +59,7 @@ def _mobilenetv3(width_mult: float) -> MBConvBackbone:
         unit_strides=(2, 2, 2, 1, 2), unit_acts=("relu", "relu", "h_swish", "h_swish", "h_swish"),
         unit_se=(False, True, False, True, True), stem_act="h_swish",
         final_expand=md(base[7]), last_channel=md(base[8]),
-        min_layers=(2,) * 5, max_layers=(4,) * 5, supernet_prefix="ofa_mbv3_d234_e346_k357",
+        min_layers=(2,) * 5, max_layers=(4,) * 5, supernet_prefix="ofa_mbv3_d234_e346_k357", insight="mbv3",
     )
 
 
@@ -71,6 +72,7 @@ def _proxyless(width_mult: float) -> MBConvBackbone:
         unit_strides=(2, 2, 2, 1, 2, 1), unit_acts=("relu6",) * 6, unit_se=(False,) * 6,
         stem_act="relu6", final_expand=0, last_channel=md(base[8]),
         min_layers=(2,) * 5 + (1,), max_layers=(4,) * 5 + (1,), supernet_prefix="ofa_proxyless_d234_e346_k357",
+        insight="pn",
     )
 
 
@@ -92,7 +94,7 @@ class MBConvSpace(DesignSpace):
     default_backbone = "mobilenetv3"
 
     def __init__(self, name: str, resolutions: Sequence[int], width_mult: float | None = None,
-                 backbone: str | None = None, supernet: str | None = None):
+                 backbone: str | None = None, supernet: str | None = None, hv_reference: dict | None = None):
         backbone = backbone or self.default_backbone
         if backbone not in BACKBONES:
             raise UserError(f"space {name}: unknown MBConv backbone '{backbone}' (choose from {list(BACKBONES)})")
@@ -105,7 +107,9 @@ class MBConvSpace(DesignSpace):
         self.supernet = supernet or f"{self.backbone.supernet_prefix}_w{wm}"
         self.resolutions = tuple(int(r) for r in resolutions)
         self.min_layers, self.max_layers = self.backbone.min_layers, self.backbone.max_layers
-        self.params = {"resolutions": self.resolutions, "width_mult": wm, "backbone": backbone, "supernet": supernet}
+        self.hv_reference = dict(hv_reference or {})
+        self.params = {"resolutions": self.resolutions, "width_mult": wm, "backbone": backbone, "supernet": supernet,
+                       "hv_reference": self.hv_reference}
         # canonical block order: expansion-major, as the seed's insight lists
         self.blocks = tuple(f"{self.backbone.block_prefix}_e{e}_k{k}" for e in self.expands for k in self.kernels)
         self.block_index = {b: i for i, b in enumerate(self.blocks)}
@@ -117,6 +121,10 @@ class MBConvSpace(DesignSpace):
             accuracy_predictor=_ACCURACY_PREDICTORS.get(key),
             lookup_table=_LOOKUP_TABLES.get(key) or _LOOKUP_TABLES.get((self.backbone.key, None)),
             supernet_checkpoint=self.supernet if key in _SUPERNETS else None)
+
+    @property
+    def insight_names(self):
+        return (self.name, self.backbone.insight)
 
     def unit_blocks(self, unit):
         return self.blocks
@@ -301,10 +309,10 @@ class MobileNetV3Space(MBConvSpace):
     default_backbone = "mobilenetv3"
 
     def __init__(self, name: str, resolutions: Sequence[int], width_mult: float | None = None,
-                 supernet: str | None = None, backbone: str | None = None):
+                 supernet: str | None = None, hv_reference: dict | None = None, backbone: str | None = None):
         if backbone not in (None, self.default_backbone):
             raise UserError(f"space {name}: {type(self).__name__} is backbone {self.default_backbone}, not {backbone}")
-        super().__init__(name, resolutions, width_mult, self.default_backbone, supernet)
+        super().__init__(name, resolutions, width_mult, self.default_backbone, supernet, hv_reference)
 
 
 class ProxylessSpace(MobileNetV3Space):

