@@ -1,9 +1,10 @@
 """Latency models over one design space (issue 4).
 
 * ``gnn`` (default): directed message passing over the op graph of
-  `predictors.features`, dense batched adjacency in plain torch, read out as a
-  sum of per-node latencies (end-to-end latency is close to a sum over layers;
-  the messages let a node's cost depend on its neighbours).
+  `predictors.features` (a chain with skips: a band adjacency, run on the nodes
+  of all graphs packed end to end), read out as a sum of per-node latencies
+  (end-to-end latency is close to a sum over layers; the messages let a node's
+  cost depend on its neighbours).
 * ``rnn``: the seed's baseline - a bidirectional GRU over the node sequence,
   each node embedded from its shape features; final states -> MLP.
 * ``linear``: latency = a * MMACs + b (least squares).

@@ -182,6 +182,8 @@ def random_variant(space: DesignSpace, base: InsightProfile, rng: np.random.Gene
 def load_profile_file(space: DesignSpace, path: Path, ops: FamilyOps | None = None) -> InsightProfile:
     try:
         data = yaml.safe_load(path.read_text())
+    except UnicodeDecodeError:
+        raise UserError(f"insight profile file {path} is not a text (YAML) file") from None
     except yaml.YAMLError as exc:
         raise UserError(f"insight profile file {path} is not valid YAML ({' '.join(str(exc).split())[:160]})") from None
     name = str(data.get("profile", path.stem)) if isinstance(data, dict) else path.stem

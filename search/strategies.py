@@ -8,6 +8,10 @@ with a dataclass schema that validates its YAML.
   those meeting a constraint on the cost metric (the seed's constrained search).
 - `Evolution` (evolution): OFA's constrained genetic search (population, parent ratio,
   mutation and crossover; every child redrawn until it meets the constraint, capped).
+- `Bands` (bands): one run for every budget in `cost_limits`: per limit, OFA-style
+  evolution (gene mutation, crossover, unit edits) whose children are cost-checked
+  first and scored only when they cost just under the limit; a share of each
+  iteration mutates the whole front (hypervolume). One memo for all.
 - `RandomSearch` (random): uniform samples of the (insight) space at the same budget.
 
 A strategy sees only the space's mutator, the evaluator (the memo of scored archs)

@@ -17,6 +17,8 @@ SHARED_ASSETS = REPO.parent / "shared" / "assets"
 os.environ.setdefault("BLOCKPROF_ASSET_MIRROR", str(SHARED_ASSETS))
 # ...and never write into the user's cache
 os.environ.setdefault("BLOCKPROF_CACHE", tempfile.mkdtemp(prefix="blockprof-test-cache-"))
+# ...and never fetch the seed's latency CSVs from the network: an empty stand-in folder
+os.environ.setdefault("BLOCKPROF_SEED_DATA", tempfile.mkdtemp(prefix="blockprof-test-seed-data-"))
 
 
 def pytest_configure(config):

@@ -81,7 +81,7 @@ def test_malformed_lists_fail_in_one_line_naming_file_and_line(outputs, tmp_path
     cases = {
         "empty.csv": ("", "empty file"),
         "blank.csv": ("\n\n", "empty file"),
-        "header_only.csv": ("net_id,arch,resolution,latency\n", "header only"),
+        "header_only.csv": ("net_id,arch,resolution,latency\n", "no arch rows below the header"),
         "unknown.csv": ("id,architecture,res\n0,x,224\n", ":1: not an arch list"),
         "fields.csv": (f"net_id,arch,resolution\n0,{arch},{res},9\n", ":2: expected 3 fields, found 4"),
         "bad_arch.csv": (f"net_id,arch,resolution\n0,{arch},{res}\n1,mbconv3_e9_k7|x,{res}\n", ":3: mbv3"),
@@ -97,6 +97,11 @@ def test_malformed_lists_fail_in_one_line_naming_file_and_line(outputs, tmp_path
             read_archs(path, space)
         msg = _one_line(exc)
         assert msg.startswith(str(path)) and expect in msg, (name, msg)
+    for name, data in (("binary.csv", b"\x00\x01\x02\xff" * 50), ("nul.csv", b"net_id,arch\x00,resolution\n")):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(UserError) as exc:
+            read_archs(tmp_path / name, space)
+        assert _one_line(exc).startswith(f"{tmp_path / name}:")
     with pytest.raises(UserError) as exc:
         read_archs(tmp_path / "nope.csv", space)
     assert "not found" in _one_line(exc)
@@ -121,5 +126,5 @@ def test_cli_evaluate_of_a_bad_list_is_one_error_line(tmp_path):
     p = run_cli(["task=evaluate", f"task.archs_csv={bad}", f"paths.output_root={tmp_path / 'out'}", "tracking=none"],
                 cwd=tmp_path)
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
-    assert p.returncode == 2 and len(errors) == 1 and str(bad) in errors[0] and "header only" in errors[0]
+    assert p.returncode == 2 and len(errors) == 1 and str(bad) in errors[0] and "no arch rows" in errors[0]
     assert "Traceback" not in p.stderr

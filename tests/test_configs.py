@@ -97,3 +97,17 @@ def test_each_default_is_written_once():
         body = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "-", "defaults"))]
         assert body == [], f"conf/task/{option}.yaml repeats schema defaults: {body}"
     assert schema.ProfileTaskConfig().num_archs == 50
+
+
+def test_optuna_sweep_optimises_the_search_objective(tmp_path):
+    """Tasks return their objective (hypervolume for search), so Optuna's sweeper can use it."""
+    res = run_cli(["hparams_search=rm_pareto_hv", "hydra.sweeper.n_trials=3", "search.budget=300", "tracking=none",
+                   f"paths.output_root={tmp_path}/out"], cwd=tmp_path, timeout=600)
+    assert res.returncode == 0, res.stderr
+    (results,) = (tmp_path / "out" / "multirun").glob("*/optimization_results.yaml")
+    best = OmegaConf.load(results)
+    assert best.name == "optuna" and best.best_value > 0
+    assert set(best.best_params) == {"search.budget_per_iter", "search.mutation_depth", "search.pareto_runs",
+                                     "search.resolution_mutate_prob"}
+    jobs = sorted(p.name for p in results.parent.iterdir() if p.is_dir() and not p.name.startswith("."))
+    assert len(jobs) == 3 and all("search.mutation_depth=" in j for j in jobs)  # folders show the swept values

@@ -8,7 +8,7 @@ import yaml
 from blockprof.common.errors import UserError
 from blockprof.metrics.measured import MeasuredLatency
 from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
-from blockprof.metrics.lut import ProxylessMobileLatency, note10_latency
+from blockprof.metrics.lut import ProxylessMobileLatency, lookup_table_latency, note10_latency
 from blockprof.metrics.analytic import mmacs_metric, params_metric
 from blockprof.core.space import build_space
 
@@ -147,6 +147,30 @@ def test_no_predictor_for_w10_or_pn():
     for name in ("mbv3_w10", "pn"):
         with pytest.raises(UserError, match="no public accuracy predictor"):
             OFAAccuracyPredictor(build_space(name))
+
+
+def test_accuracy_predictor_follows_the_family_not_the_name():
+    """A new space of the family (other name, fewer resolutions) gets the same predictor;
+    a resolution the predictor never saw is refused; torch's thread setting is restored."""
+    mbv3 = build_space("mbv3")
+    small = build_space("mine", family="mbconv", backbone="mobilenetv3", width_mult=1.2, resolutions=[160, 224])
+    archs = small.sample(np.random.default_rng(4), 300)
+    before = torch.get_num_threads()
+    np.testing.assert_array_equal(OFAAccuracyPredictor(small).evaluate(archs), OFAAccuracyPredictor(mbv3).evaluate(archs))
+    assert torch.get_num_threads() == before
+    with pytest.raises(UserError, match="knows resolutions"):
+        OFAAccuracyPredictor(small.variant(resolutions=[240]))
+
+
+def test_lookup_table_is_the_one_the_space_declares():
+    mbv3, pn = build_space("mbv3"), build_space("pn")
+    archs = mbv3.sample(np.random.default_rng(6), 50)
+    np.testing.assert_array_equal(lookup_table_latency(mbv3).evaluate(archs), note10_latency(mbv3).evaluate(archs))
+    pa = pn.sample(np.random.default_rng(6), 50)
+    np.testing.assert_array_equal(lookup_table_latency(pn).evaluate(pa), ProxylessMobileLatency(pn).evaluate(pa))
+    for name in ("resnet50", "mbv3_w10"):
+        with pytest.raises(UserError, match=f"space {name} has no latency lookup table"):
+            lookup_table_latency(build_space(name))
 
 
 def test_measured_latency_reports_values_and_spread():

@@ -1,6 +1,8 @@
 """Latency predictors: op-graph features, training from a CSV, checkpoints, predictor devices."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 import mlflow.pyfunc
 import numpy as np
@@ -217,3 +219,45 @@ def test_missing_data_is_one_line_from_the_cli(tmp_path):
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: no latency data for space pn on device cpu")
     assert "ofa_pn_cpu_lat_data.csv" in errors[0] and "Traceback" not in p.stderr
+
+
+# ------------------------------------------------------------------ GNN forward: packed chains
+REFERENCE = Path(__file__).parent / "data" / "gnn_reference.pt"
+
+
+@pytest.mark.parametrize("layers", ["1", "2"])
+def test_gnn_predictions_match_the_dense_forward_on_a_trained_checkpoint(space, layers):
+    """Trained GNNs (tests/data/make_gnn_reference.py) predict what the dense-adjacency forward
+    predicted before the packed-chain rewrite, to float noise, by every entry point."""
+    ref = torch.load(REFERENCE, weights_only=True)
+    archs = [space.parse(t, r) for t, r in zip(ref["archs"], ref["resolutions"])]
+    m = ref["models"][layers]
+    model = build_model("gnn", space, m["hparams"])
+    model.load_state(m["state"])
+    before = m["before"].numpy()
+    assert before.std() > 1.0  # a real spread of latencies, not a constant
+    for got in (model.predict(archs), model.predict_graphs(model.featurizer(archs))):
+        assert np.allclose(got, before, rtol=1e-5, atol=1e-4)
+    # in small steps too (graph boundaries inside and between steps)
+    model.net.chunk_nodes = 7
+    assert np.allclose(model.predict(archs), before, rtol=1e-5, atol=1e-4)
+
+
+def test_packed_chain_coefficients_are_the_dense_adjacency(space):
+    """The band coefficients are exactly the non-zeros of `GraphBatch.adjacency`."""
+    from blockprof.predictors.models import packed_chains
+    for name in ("mbv3", "resnet50"):
+        sp = build_space(name)
+        g = OpGraphFeaturizer(sp)(sp.sample(np.random.default_rng(4), 50))
+        fwd, bwd = g.adjacency()
+        ids, coef, lengths = packed_chains(g)
+        start = 0
+        for i, L in enumerate(lengths.tolist()):
+            c = coef[start:start + L].numpy()
+            assert (ids[start:start + L] == g.node_ids[i, :L]).all()
+            for k in range(L):
+                assert c[k, 0] == pytest.approx(float(fwd[i, k, k - 1]) if k >= 1 else 0.0)
+                assert c[k, 1] == pytest.approx(float(fwd[i, k, k - 2]) if k >= 2 else 0.0)
+                assert c[k, 2] == pytest.approx(float(bwd[i, k, k + 1]) if k + 1 < L else 0.0)
+                assert c[k, 3] == pytest.approx(float(bwd[i, k, k + 2]) if k + 2 < L else 0.0)
+            start += L

@@ -214,3 +214,61 @@ def test_sharded_profile_merges_to_the_unsharded_summary(cfg_factory, tmp_path):
                       "seed=5", f"task.inputs=[{','.join(shards)}]")
     with pytest.raises(UserError, match="task.num_archs=6 differs"):
         execute(cfg, run_dir=tmp_path / "merged3")
+
+
+# ------------------------------------------------------------------ heatmaps and tables (fast paths)
+def _toy_summary():
+    rows = []
+    for u in range(2):
+        for l in range(2):
+            for k, b in enumerate(("mbconv3_e3_k3", "mbconv3_e6_k7", "mbconv3_e4_k5")):
+                rows.append({"unit": u, "layer": l, "block": b, "resolution": np.nan,
+                             "v": (u - 0.5) * 0.3 + l * 0.01 + k * 0.002})
+    df = pd.DataFrame(rows)
+    df.loc[5, "v"] = np.nan  # a cell without a value stays blank
+    df.loc[7, "v"] = 0.001   # about the baseline: a pale cell
+    return df
+
+
+def test_heatmap_writes_every_value_and_label_and_centres_the_diff_map(tmp_path):
+    from matplotlib.collections import PathCollection
+    from matplotlib.image import BboxImage
+
+    from blockprof.infra import plots
+
+    df = _toy_summary()
+    fig = plots.block_heatmaps(df, "v", "toy: mean v - baseline", "v diff [ms]", diverging=True)
+    (text,) = [a for a in fig.artists if isinstance(a, PathCollection)]
+    values = [f"{v:.3g}" for v in df["v"].dropna()]
+    for s in values + ["U0 L0", "U1 L1", "MB3_e3_k3", "MB3_e6_k7", "toy: mean v - baseline", "v diff [ms]"]:
+        assert s in text.strings
+    assert len(text.get_paths()) == len(text.strings) and len(text.get_offsets()) == len(text.strings)
+    heat = [a for a in fig.artists if isinstance(a, BboxImage)][0]
+    vmax = np.nanmax(np.abs(df["v"]))
+    assert heat.norm.vmin == pytest.approx(-vmax) and heat.norm.vmax == pytest.approx(vmax)  # centred at 0
+    assert heat.get_cmap().name == "RdBu_r"
+    # light text on the darkest cells, dark text on the palest
+    cells = {s: c for s, c in zip(text.strings, text.get_facecolors())}
+    assert cells[f"{df['v'].min():.3g}"][:3].tolist() == [1, 1, 1]
+    assert cells["0.001"][:3].tolist() == [0, 0, 0]
+    png = tmp_path / "h.png"
+    plots.save_png(fig, png)
+    from PIL import Image
+
+    img = np.asarray(Image.open(png).convert("L"), dtype=float)
+    w, h = fig.get_size_inches() * fig.dpi
+    assert img.shape == (round(h), round(w)) and img.std() > 20  # drawn at its own size, not blank
+    plots.close(fig)
+
+
+def test_fast_csv_reads_back_like_pandas(tmp_path):
+    from blockprof.common.fileio import write_csv
+
+    df = pd.DataFrame({"group": [0, 1, 2], "slot": ["random", "u0l0:mbconv3_e3_k3", None],
+                       "unit": [np.nan, 0.0, 4.0], "x": [1e-7, 80.17224395275116, np.inf],
+                       "arch": ["a->b|c", "d", "e"]})
+    for frame in (df, df.assign(slot=["a,b", "c", "d"]), df.assign(flag=[True, False, True])):
+        write_csv(frame, tmp_path / "fast.csv")
+        frame.to_csv(tmp_path / "pandas.csv", index=False)
+        pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "fast.csv"), pd.read_csv(tmp_path / "pandas.csv"))
+    assert (tmp_path / "fast.csv").read_text().splitlines()[0] == ",".join(df.columns) + ",flag"

@@ -243,14 +243,15 @@ def test_evaluator_counts_unique_archs_and_reuses_cost_checks(spaces):
 
 def test_checkpoint_cuts_an_uncommitted_journal_tail(tmp_path):
     ck = Checkpoint(tmp_path)
-    ck.commit({"x": 1}, {"iteration": 0})
-    ck.commit({"x": 2}, {"iteration": 1})
+    full = {"fingerprint": {}, "stall": 0, "stop_reason": None, "rng": {}, "strategy": {}, "queries": 0}
+    ck.commit({"x": 1}, {**full, "iteration": 0})
+    ck.commit({"x": 2}, {**full, "iteration": 1})
     with open(ck.journal, "ab") as f:  # killed mid-append of iteration 2
         f.write(b'{"x": 3, "trunc')
     ck2 = Checkpoint(tmp_path)
     state, frames = ck2.load()
     assert state["iteration"] == 1 and frames == [{"x": 1}, {"x": 2}]
-    ck2.commit({"x": 3}, {"iteration": 2})
+    ck2.commit({"x": 3}, {**full, "iteration": 2})
     assert Checkpoint(tmp_path).load()[1] == [{"x": 1}, {"x": 2}, {"x": 3}]
 
 

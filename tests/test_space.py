@@ -1,4 +1,6 @@
-"""Design spaces: round trips, validation, slot forcing, sampling."""
+"""Design spaces: round trips, validation, slot forcing, sampling, encoding, families."""
+import re
+
 import numpy as np
 import pytest
 
@@ -132,3 +134,100 @@ def test_slot_groups_and_description():
 def test_arch_is_hashable_value():
     a = Arch((("x",),), 224)
     assert {a: 1}[Arch((("x",),), 224)] == 1
+
+
+# ------------------------------------------------------------------ vectorised encoding
+def _reference_encode(space, archs):
+    """The per-arch loop `encode` replaced, kept as the definition of its output."""
+    n, S = len(archs), space.n_slot_positions
+    choice = np.full((n, S), -1, dtype=np.int16)
+    fixed = np.zeros(n, dtype=np.int16)
+    res = np.array([space.resolutions.index(a.resolution) for a in archs], dtype=np.int16)
+    for i, a in enumerate(archs):
+        if space.family == "mbconv":
+            for u, layers in enumerate(a.units):
+                for j, t in enumerate(layers):
+                    choice[i, space.slot_offsets[u] + j] = space.block_index[t]
+            continue
+        stem = a.units[0][0]
+        choice[i, 0] = space.stem_index[stem]
+        w_prev = space.stem(stem)[2]
+        for u in range(1, 5):
+            for j, t in enumerate(a.units[u]):
+                e, w = space.bneck(t)
+                choice[i, space.slot_offsets[u] + j] = space.expands.index(e) * 9 + (w_prev if j == 0 else w) * 3 + w
+            w_prev = space.bneck(a.units[u][0])[1]
+        fixed[i] = w_prev
+    return choice, fixed, res
+
+
+@pytest.mark.parametrize("name", SPACES)
+def test_encode_equals_the_per_arch_loop(name):
+    space = build_space(name)
+    rng = np.random.default_rng(11)
+    archs = space.sample(rng, 500)
+    # edge cases too: every unit at its minimum and at its maximum depth, every resolution
+    for depth in (space.min_layers, space.max_layers):
+        for k, r in enumerate(space.resolutions):
+            units = tuple((space.unit_blocks(u)[(5 * u + k) % len(space.unit_blocks(u))],) * d for u, d in enumerate(depth))
+            archs.append(space.validate(Arch(units, r)))
+    enc = space.encode(archs)
+    choice, fixed, res = _reference_encode(space, archs)
+    for got, want in ((enc.choice, choice), (enc.fixed, fixed), (enc.res, res)):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    empty = space.encode([])
+    assert empty.choice.shape == (0, space.n_slot_positions) and empty.res.shape == (0,)
+
+
+def test_encode_refuses_what_the_space_lacks():
+    space = build_space("mbv3")
+    a = space.sample(np.random.default_rng(0), 1)[0]
+    with pytest.raises(KeyError):
+        space.encode([Arch(a.units, 100)])
+    with pytest.raises(ValueError):
+        space.encode([Arch(a.units[:-1], a.resolution)])
+    with pytest.raises(ValueError):
+        space.encode([Arch((a.units[0] * 3,) + a.units[1:], a.resolution)])
+
+
+# ------------------------------------------------------------------ families and capabilities
+def test_capabilities_of_the_shipped_spaces():
+    caps = {n: build_space(n).capabilities for n in SPACES}
+    assert {n for n, c in caps.items() if c.accuracy_predictor} == {"mbv3", "resnet50"}
+    assert caps["mbv3"].lookup_table == "note10" and caps["pn"].lookup_table == "proxyless_mobile"
+    assert caps["mbv3_w10"].lookup_table is None and caps["resnet50"].lookup_table is None
+    assert all(c.supernet_checkpoint == build_space(n).supernet for n, c in caps.items())
+    assert build_space("mbv3").insight_names == ("mbv3", "mbv3")
+    assert build_space("mbv3_w10").insight_names == ("mbv3_w10", "mbv3")
+
+
+def test_a_new_space_in_a_family_is_only_parameters():
+    """What a YAML with `_target_` does: the family class from keyword arguments."""
+    from hydra.utils import instantiate
+
+    node = {"_target_": "blockprof.core.families.mbconv.MBConvSpace", "name": "mbv3_small",
+            "backbone": "mobilenetv3", "width_mult": 1.2, "resolutions": [160, 176]}
+    small = instantiate(node)
+    ref = build_space("mbv3")
+    assert small.name == "mbv3_small" and small.resolutions == (160, 176)
+    assert small.supernet == ref.supernet and small.capabilities.accuracy_predictor == ref.capabilities.accuracy_predictor
+    a = small.sample(np.random.default_rng(0), 20)
+    assert [ref.layers(x) for x in a] == [small.layers(x) for x in a]
+    w10 = small.variant(width_mult=1.0)
+    assert w10.supernet.endswith("_w1.0") and w10.capabilities.accuracy_predictor is None
+    # the family registry: a YAML may name the family instead of the class
+    pn = build_space("pn_like", family="mbconv", backbone="proxyless", width_mult=1.3, resolutions=[224])
+    assert pn.n_units == 6 and pn.capabilities.lookup_table == "proxyless_mobile"
+    assert type(small.ops).__name__ == "MBConvOps" and type(build_space("resnet50").ops).__name__ == "ResNetOps"
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"name": "nope"}, "unknown space 'nope' (choose from"),
+    ({"name": "x", "family": "transformer", "resolutions": [224]}, "names no space family"),
+    ({"name": "x", "family": "mbconv", "backbone": "vit", "resolutions": [224]}, "unknown MBConv backbone 'vit'"),
+    ({"name": "x", "family": "mbconv", "resolutions": [224], "depth": 3}, "unexpected keyword argument 'depth'"),
+    ({"name": "x", "family": "resnet", "resolutions": [224], "width_mult": 1.2}, "takes no width_mult"),
+])
+def test_bad_space_definitions_are_user_errors(kwargs, needle):
+    with pytest.raises(UserError, match=re.escape(needle)):
+        build_space(**kwargs)

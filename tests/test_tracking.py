@@ -215,3 +215,59 @@ def test_hydra_parallel_sweep(tmp_path):
     assert all(r.info.status == "FINISHED" for r in runs)
     assert {r.data.tags["sweep"] for r in runs} == {str(tmp_path / "multirun" / "s1")}
     assert sorted(r.data.tags["sweep_job"] for r in runs) == ["0", "1", "2", "3"]
+
+
+def test_rerun_of_unfinished_folder_continues_its_mlflow_run(store, tmp_path):
+    """A run killed mid-way leaves its MLflow run RUNNING; the rerun into the same folder
+    (a resume) continues that run instead of leaving it RUNNING forever."""
+    import json
+    run_dir = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        with track_run(store, run_dir, "profile") as tr:
+            first = tr.run_id
+            tr.log_metrics({"a": 1.0}, step=0)
+            raise KeyboardInterrupt
+    assert client_for(tmp_path).get_run(first).info.status == "KILLED"
+    with track_run(store, run_dir, "profile") as tr:
+        tr.log_metrics({"a": 2.0}, step=1)
+        assert tr.run_id == first
+    run = client_for(tmp_path).get_run(first)
+    assert run.info.status == "FINISHED" and run.data.tags["resumed"] == "true"
+    assert [m.value for m in client_for(tmp_path).get_metric_history(first, "a")] == [1.0, 2.0]
+    assert json.loads((run_dir / "tracking.json").read_text())["task"] == "profile"
+    # a finished folder is not continued: a new run
+    with track_run(store, run_dir, "profile") as tr:
+        assert tr.run_id != first
+
+
+def test_failed_run_says_why(store, tmp_path):
+    import json
+    with pytest.raises(UserError):
+        with track_run(store, tmp_path / "r", "search") as tr:
+            raise UserError("search.budget must be >= 1")
+    run = client_for(tmp_path).get_run(tr.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == "search.budget must be >= 1"
+    marker = json.loads((tmp_path / "r" / "tracking.json").read_text())
+    assert marker["task_error"] == "search.budget must be >= 1" and marker["error"] is None
+    assert not (tmp_path / "r" / ".run.lock").exists()
+
+
+def test_store_lock_serialises_schema_creation(tmp_path):
+    """While one process holds the store lock, another cannot open the store."""
+    import threading
+    from blockprof.infra.tracking import store_lock
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    order = []
+    def second():
+        with store_lock(uri):
+            order.append("second")
+
+    with store_lock(uri):
+        t = threading.Thread(target=second)
+        # flock is per open file: a second open in this process waits like another process would
+        t.start()
+        time.sleep(0.5)
+        order.append("first")
+    t.join(10)
+    assert order == ["first", "second"]
+    assert (tmp_path / "mlflow.db.lock").exists() and not (tmp_path / "mlflow.db").exists()

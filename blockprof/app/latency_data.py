@@ -64,7 +64,7 @@ def _reason(exc: BaseException) -> str:
     try:
         import requests
         if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-            return f"no network connection ({type(exc).__name__})"
+            return f"no network connection: {type(exc).__name__}"
     except ImportError:
         pass
     text = " ".join(str(exc).split())

@@ -145,14 +145,15 @@ class ChunkStore:
 
     SETTINGS = "settings.json"
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, create: bool = True):
         self.dir = Path(run_dir) / "profile_chunks"
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, first_group: int) -> Path:
         return self.dir / f"groups_{first_group:06d}.csv"
 
-    def check_settings(self, key: str) -> None:
+    def check_settings(self, key: str, record: bool = True) -> None:
         """Refuse the chunks of another profile; record `key` for a later resume."""
         meta = self.dir / self.SETTINGS
         if meta.exists():
@@ -163,7 +164,7 @@ class ChunkStore:
                                 f"{self.dir} to profile from scratch, or use a new run folder") from None
             if found != key:
                 raise UserError(f"{self.dir.parent} holds a profile with other settings; use a new run folder")
-        else:
+        elif record:
             atomic_write_text(meta, json.dumps({"key": key}))
 
     def load(self, first_group: int, groups: Sequence[Group] | None = None,

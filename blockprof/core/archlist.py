@@ -75,6 +75,13 @@ def read_arch_list(path: str | os.PathLike, space: DesignSpace) -> ArchList:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"arch list not found: {path}")
+    try:
+        return _read(path, space)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not a text CSV (undecodable byte at offset {exc.start})") from None
+
+
+def _read(path: Path, space: DesignSpace) -> ArchList:
     known = "; ".join(f.written_by for f in FORMATS)
     archs: list[Arch] = []
     ids: list[int] = []
@@ -126,7 +133,7 @@ def read_arch_list(path: str | os.PathLike, space: DesignSpace) -> ArchList:
         except csv.Error as exc:
             raise UserError(f"{path}:{line_no + 1}: malformed CSV ({exc})") from None
     if not archs:
-        raise UserError(f"{path}: header only, no archs listed (format {fmt.name})")
+        raise UserError(f"{path}: no arch rows below the header (format {fmt.name})")
     return ArchList(path, fmt.name, archs, ids, lines)
 
 

@@ -19,6 +19,20 @@ tracking sets it for every multirun job). Written to ``--out`` (default
 
 The tracking store defaults to the project's: ``--uri``, else ``$MLFLOW_TRACKING_URI``,
 else ``sqlite:///<output_root>/mlflow.db``.
+
+Devices side by side (no MLflow needed): one space's latency heatmaps for several
+devices next to each other, and the rank correlation of the slot-latency means
+between every pair of devices (block preferences differ per device):
+
+    python -m blockprof.compare --devices local_cpu ort_cpu openvino_cpu note10 --archs 20
+    python -m blockprof.compare --profile-run outputs/runs/profile/mbv3-ort_cpu/<time> --profile-run ...
+
+``--devices`` profiles each device first (``task=profile metric.names=[latency]``, every
+slot, ``--archs`` archs per slot, through the blockprof command; extra ``--set key=value``
+overrides go to every profile, e.g. ``--set device.latency.source=predictor`` to use the
+predictors trained on each device's task=measure CSV); ``--profile-run`` takes finished
+profile run folders (their ``summary.csv``). Written to ``--out``: ``devices_<space>.png``,
+``device_rank_correlation.csv`` and ``.md`` (Spearman over the single-slot means).
 """
 from __future__ import annotations
 
@@ -228,6 +242,95 @@ def plot_fronts(title: str, cost: str, fronts: list[tuple[str, pd.DataFrame]], u
     return fig
 
 
+# ------------------------------------------------------------------ devices side by side
+def _single_slot_means(summary: pd.DataFrame, metric: str = "latency") -> pd.Series:
+    """Mean `metric` per single slot (unit, layer, block), indexed by the slot label."""
+    s = summary[(summary["block"] != BASELINE) & summary["unit"].notna()
+                & ~summary["block"].astype(str).str.contains(r"\+")]
+    if "resolution" in s and s["resolution"].notna().any():
+        s = s[s["resolution"] == s["resolution"].max()]
+    return pd.Series(s[f"{metric}_mean"].to_numpy(float), index=s["slot"].astype(str).to_numpy())
+
+
+def device_rank_correlation(panels: list[tuple[str, pd.DataFrame]], metric: str = "latency") -> pd.DataFrame:
+    """Spearman rank correlation of the single-slot means between every pair of panels
+    (on the slots both profiled)."""
+    from scipy.stats import spearmanr
+
+    means = {label: _single_slot_means(s, metric) for label, s in panels}
+    labels = list(means)
+    out = pd.DataFrame(np.nan, index=labels, columns=labels)
+    for a in labels:
+        for b in labels:
+            common = means[a].index.intersection(means[b].index)
+            if len(common) >= 3:
+                out.loc[a, b] = float(spearmanr(means[a][common], means[b][common])[0])
+    return out
+
+
+def profile_devices(devices: list[str], space: str, archs: int, out: Path, sets: list[str]) -> list[Path]:
+    """A latency-only block profile per device through the blockprof command; the run folders."""
+    import subprocess
+
+    dirs = []
+    for d in devices:
+        run_dir = (out / "profiles" / f"{space}-{d}").resolve()
+        cmd = [sys.executable, "-m", "blockprof.cli", "task=profile", f"space={space}", f"device={d}",
+               "metric.names=[latency]", f"task.num_archs={archs}", "tracking=none", f"hydra.run.dir={run_dir}",
+               *sets]
+        print(f"compare: profiling {space} on {d} ({archs} archs per slot) -> {run_dir}", flush=True)
+        r = subprocess.run(cmd)
+        if r.returncode != 0:
+            raise UserError(f"profiling {space} on device {d} failed (exit {r.returncode}); command: {' '.join(cmd)}")
+        dirs.append(run_dir)
+    return dirs
+
+
+def _run_label(run_dir: Path) -> tuple[str, str]:
+    """(space, device) of a profile run folder, from its Hydra config (else the folder name)."""
+    cfg = run_dir / ".hydra" / "config.yaml"
+    if cfg.is_file():
+        import yaml
+        c = yaml.safe_load(cfg.read_text())
+        return str(c["space"]["name"]), str(c["device"]["name"])
+    name = run_dir.name if "-" in run_dir.name else run_dir.parent.name
+    sp, _, dev = name.partition("-")
+    return sp, dev or name
+
+
+def compare_devices(run_dirs: list[Path], out: Path, metric: str = "latency") -> dict:
+    """Side-by-side heatmaps and the device rank-correlation table of profile run folders."""
+    from blockprof.infra.plots import close
+
+    panels, spaces = [], set()
+    for d in run_dirs:
+        d = Path(d)
+        if not (d / "summary.csv").is_file():
+            raise UserError(f"{d} holds no summary.csv (not a finished profile run folder)")
+        summary = pd.read_csv(d / "summary.csv")
+        if f"{metric}_mean" not in summary:
+            raise UserError(f"{d / 'summary.csv'} has no {metric} column (profile with metric.names=[{metric}])")
+        sp, dev = _run_label(d)
+        spaces.add(sp)
+        n = int(summary["n"].iloc[0]) if "n" in summary else 0
+        panels.append((f"{dev} ({n} archs/slot)", summary))
+    if len(spaces) != 1:
+        raise UserError(f"the profiles are of several spaces {sorted(spaces)}; compare one space at a time")
+    space = spaces.pop()
+    out.mkdir(parents=True, exist_ok=True)
+    fig = plot_heatmaps(space, metric, panels, "ms")
+    fig_path = out / f"devices_{_safe(space)}.png"
+    fig.savefig(fig_path, dpi=110, bbox_inches="tight")
+    close(fig)
+    corr = device_rank_correlation(panels, metric)
+    corr.to_csv(out / "device_rank_correlation.csv", float_format="%.3f")
+    md = ["| Spearman of slot means | " + " | ".join(corr.columns) + " |",
+          "|---" * (len(corr.columns) + 1) + "|"]
+    md += [f"| {i} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for i, row in zip(corr.index, corr.to_numpy())]
+    (out / "device_rank_correlation.md").write_text("\n".join(md) + "\n")
+    return {"figure": fig_path, "correlation": corr, "markdown": "\n".join(md), "out": out}
+
+
 # ------------------------------------------------------------------ the command
 def _unit(grp: pd.DataFrame, metric: str) -> str | None:
     col = f"unit.{metric}"
@@ -293,8 +396,13 @@ def compare(sweeps: list[str], uri: str, experiment: str = "blockprof", out: Pat
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m blockprof.compare", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sweep", action="append", required=True,
+    ap.add_argument("--sweep", action="append",
                     help="a sweep folder, its tag value, or 'latest' (repeat for several)")
+    ap.add_argument("--devices", nargs="+", help="devices side by side: profile each of these first")
+    ap.add_argument("--profile-run", action="append", help="devices side by side: a finished profile run folder")
+    ap.add_argument("--space", default="mbv3", help="space for --devices (default mbv3)")
+    ap.add_argument("--archs", type=int, default=20, help="archs per slot for --devices (default 20)")
+    ap.add_argument("--set", action="append", default=[], help="extra key=value override for --devices profiles")
     ap.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
     ap.add_argument("--output-root", default="outputs", help="the runs' paths.output_root (default outputs)")
     ap.add_argument("--experiment", default="blockprof", help="MLflow experiment (default blockprof)")
@@ -304,6 +412,22 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if args.devices or args.profile_run:
+        try:
+            out = Path(args.out) if args.out else Path(args.output_root) / "compare" / "devices"
+            dirs = [Path(p) for p in args.profile_run or []]
+            if args.devices:
+                dirs += profile_devices(args.devices, args.space, args.archs, out, args.set)
+            res = compare_devices(dirs, out)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(res["markdown"])
+        print(f"-> {res['figure']}, {out / 'device_rank_correlation.csv'}")
+        return 0
+    if not args.sweep:
+        print("error: give --sweep, or --devices / --profile-run for devices side by side", file=sys.stderr)
+        return 2
     try:
         res = compare(args.sweep, args.uri or default_uri(args.output_root), args.experiment,
                       Path(args.out) if args.out else None, args.metric, args.output_root)

@@ -1,11 +1,11 @@
 """Figures. matplotlib runs headless (Agg) everywhere.
 
-The block heatmaps are drawn with a fixed layout (margins measured from the
-labels; no tight-layout pass, no tight bounding box when saving) and all their
-text - cell values, row / column labels, titles, colour-bar ticks - is drawn as
-one `PathCollection` of cached glyph outlines per figure instead of one `Text`
-artist per string: a profile writes eight heatmaps, and text artists made
-drawing them several times slower than everything else in the task together.
+The block heatmaps are drawn for speed (a profile writes eight of them, and with
+one `Text` artist per cell, tight layout and a tight-bbox save they took several
+times longer than everything else in the task together): a fixed layout in
+inches with margins measured from the labels, images placed without Axes, and
+all text - cell values, row / column labels, titles, colour-bar ticks - as one
+`PathCollection` of cached glyph outlines per figure.
 """
 from __future__ import annotations
 
@@ -20,12 +20,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib import colormaps, ticker  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
-from matplotlib.collections import LineCollection, PathCollection  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.collections import LineCollection, PatchCollection, PathCollection  # noqa: E402
+from matplotlib.colors import Normalize, to_rgba_array  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.font_manager import FontProperties, findfont, get_font  # noqa: E402
+from matplotlib.image import BboxImage  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.path import Path as MPath  # noqa: E402
 from matplotlib.textpath import TextPath  # noqa: E402
+from matplotlib.transforms import Bbox, TransformedBbox  # noqa: E402
 
 HEATMAP_DPI = 110
 CELL_FONT = 7.0       # pt: cell values
@@ -105,29 +108,42 @@ class TextLayer:
     def __init__(self, fig):
         self.fig = fig
         self.paths: list[MPath] = []
+        self.strings: list[str] = []
         self.offsets: list[tuple[float, float]] = []
         self.colors: list = []
 
     def add(self, s: str, xy, transform, size: float, color="black", **kw) -> None:
-        """One string at `xy` in `transform` (offsets are resolved when drawing)."""
+        """One string at `xy` in `transform` (resolved to figure inches now: the layout is fixed)."""
         self.paths.append(GLYPHS.path(s, size, **kw))
+        self.strings.append(s)
         self.offsets.append(tuple(self.fig.dpi_scale_trans.inverted().transform(transform.transform(xy))))
         self.colors.append(color)
 
     def add_many(self, strings, xy: np.ndarray, size: float, colors, **kw) -> None:
         """Many strings at figure-inch positions `xy` [n, 2]."""
+        strings = list(strings)
         self.paths += [GLYPHS.path(s, size, **kw) for s in strings]
+        self.strings += strings
         self.offsets += [tuple(p) for p in np.asarray(xy, float)]
         self.colors += list(colors)
 
     def draw_into(self) -> PathCollection:
-        from matplotlib.colors import to_rgba_array
         coll = PathCollection(self.paths, offsets=np.array(self.offsets, float).reshape(-1, 2),
                               offset_transform=self.fig.dpi_scale_trans, transform=self.fig.dpi_scale_trans,
                               facecolors=to_rgba_array(self.colors) if self.colors else "black",
                               edgecolors="none", linewidths=0, antialiaseds=True, zorder=5)
+        coll.strings = list(self.strings)  # what it says, for tests and readers of the figure
         self.fig.add_artist(coll)
         return coll
+
+
+def _image(fig, data: np.ndarray, box, cmap, norm, interpolation: str) -> BboxImage:
+    """`data` (row 0 on top) coloured by cmap / norm, filling `box` = (x, y, w, h) in figure inches."""
+    im = BboxImage(TransformedBbox(Bbox.from_bounds(*box), fig.dpi_scale_trans), cmap=cmap, norm=norm,
+                   interpolation=interpolation, origin="upper")
+    im.set_data(np.ma.masked_invalid(data))
+    fig.add_artist(im)
+    return im
 
 
 def _text_colors(cmap, norm, grid: np.ndarray) -> np.ndarray:
@@ -209,17 +225,15 @@ def block_heatmaps(summary: pd.DataFrame, value_col: str, title: str, cbar_label
     FigureCanvasAgg(fig)
     text = TextLayer(fig)
     cmap = colormaps["RdBu_r" if diverging else "viridis"]
-    ticks = []
+    ticks, frames = [], []
     cx = np.arange(len(blocks))
     ry = np.arange(len(rows))
     for p, (key, grid, lo, hi, vals, labels, mult) in enumerate(specs):
         x0 = left + p * (panel_w + gap)
-        ax = fig.add_axes((x0 / fig_w, bottom / fig_h, ax_w / fig_w, ax_h / fig_h))
-        cax = fig.add_axes(((x0 + ax_w + cbar_gap) / fig_w, bottom / fig_h, cbar_w / fig_w, ax_h / fig_h))
         norm = Normalize(lo, hi)
-        ax.imshow(grid, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
+        # images placed in inches, no Axes: nothing here needs data coordinates or tick machinery
+        _image(fig, grid, (x0, bottom, ax_w, ax_h), cmap, norm, "nearest")
+        frames.append((x0, bottom, ax_w, ax_h))
         # cell values, in the cell's contrasting colour
         i, j = np.nonzero(np.isfinite(grid))
         colors = _text_colors(cmap, norm, grid)[i, j]
@@ -233,10 +247,9 @@ def block_heatmaps(summary: pd.DataFrame, value_col: str, title: str, cbar_label
         text.add(f"resolution {key}" if key != "any" else "resolution sampled",
                  (x0 + ax_w / 2, bottom + ax_h + 0.1), fig.dpi_scale_trans, 9, ha="center", va="baseline")
         # colour bar: a gradient image, tick marks and labels
-        cax.imshow(np.linspace(lo, hi, 256)[::-1, None], aspect="auto", cmap=cmap, norm=norm,
-                   extent=(0, 1, lo, hi), interpolation="bilinear")
-        cax.set_xticks([])
-        cax.set_yticks([])
+        _image(fig, np.linspace(lo, hi, 256)[::-1, None], (x0 + ax_w + cbar_gap, bottom, cbar_w, ax_h), cmap, norm,
+               "bilinear")
+        frames.append((x0 + ax_w + cbar_gap, bottom, cbar_w, ax_h))
         ty = bottom + (vals - lo) / (hi - lo) * ax_h
         cx1 = x0 + ax_w + cbar_gap + cbar_w
         ticks += [[(cx1, y), (cx1 + 0.05, y)] for y in ty]
@@ -249,6 +262,8 @@ def block_heatmaps(summary: pd.DataFrame, value_col: str, title: str, cbar_label
             text.add(mult, (cx1 - cbar_w, bottom + ax_h + 0.06), fig.dpi_scale_trans, TICK_FONT, ha="left",
                      va="baseline")
     fig.add_artist(LineCollection(ticks, colors="black", linewidths=0.8, transform=fig.dpi_scale_trans))
+    fig.add_artist(PatchCollection([Rectangle((x, y), w, h) for x, y, w, h in frames], facecolor="none",
+                                   edgecolor="black", linewidth=0.8, transform=fig.dpi_scale_trans, zorder=4))
     text.add(title, (fig_w / 2, fig_h - 0.12), fig.dpi_scale_trans, 10, ha="center", va="top")
     text.draw_into()
     return fig

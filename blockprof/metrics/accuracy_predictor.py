@@ -37,13 +37,15 @@ class OFAAccuracyPredictor(Metric):
 
     The space builds the predictor's input for the whole batch at once from its slot
     encoding, in the exact layout OFA's encoders use; the MLP (ReLU between linear
-    layers) then runs in row chunks that keep its activations in cache.
+    layers) then runs in row chunks that keep its activations in cache, on `threads`
+    torch threads (default one: matmuls this small gain little from a second thread,
+    and on a busy machine each parallel matmul waits for the slowest thread).
     """
     name, unit, higher_is_better = "accuracy", "%", True
     CHUNK = 1024  # rows per matmul: 1024 x 400 float32 activations stay in cache
 
-    def __init__(self, space: DesignSpace, explicit_path: str | None = None):
-        self.space = space
+    def __init__(self, space: DesignSpace, explicit_path: str | None = None, threads: int | None = 1):
+        self.space, self.threads = space, threads
         asset = space.capabilities.accuracy_predictor
         if asset is None:
             raise UserError(f"no public accuracy predictor for space '{space.name}' "
@@ -65,14 +67,20 @@ class OFAAccuracyPredictor(Metric):
                             f"space {self.space.name} encodes {x.shape[1]}")
         out = torch.empty(len(x), self.layers[-1][0].shape[1])
         last = len(self.layers) - 1
-        with torch.inference_mode():
-            for i in range(0, len(x), self.CHUNK):
-                h = x[i:i + self.CHUNK]
-                for k, (w, b) in enumerate(self.layers):
-                    h = torch.addmm(b, h, w) if b is not None else h @ w
-                    if k < last:
-                        h.relu_()
-                out[i:i + self.CHUNK] = h
+        before = torch.get_num_threads()
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            with torch.inference_mode():
+                for i in range(0, len(x), self.CHUNK):
+                    h = x[i:i + self.CHUNK]
+                    for k, (w, b) in enumerate(self.layers):
+                        h = torch.addmm(b, h, w) if b is not None else h @ w
+                        if k < last:
+                            h.relu_()
+                    out[i:i + self.CHUNK] = h
+        finally:
+            torch.set_num_threads(before)
         return (out.reshape(-1).numpy().astype(np.float64) + self.base) * 100.0
 
     def evaluate(self, archs: Sequence[Arch]) -> np.ndarray:

@@ -99,7 +99,12 @@ def run(ctx, tracker):
             raise UserError(f"{csv_path} was measured with protocol {meta.get('protocol')}; resume it with the same "
                             f"settings or write to another task.csv")
     base_seed = int(np.random.default_rng(cfg.seed).integers(2 ** 31))
-    archs = sample_archs(space, base_seed, n, t.get("resolution"))
+    if t.get("archs_csv"):  # time the archs of a list (any format blockprof/core/archlist.py reads)
+        from blockprof.core.archlist import read_archs
+        archs = read_archs(resolve_path(t.archs_csv, cfg), space)
+        n = len(archs)
+    else:
+        archs = sample_archs(space, base_seed, n, t.get("resolution"))
 
     writer = LatencyCSVWriter(csv_path, space)
     existing = {r.net_id: r for r in read_latency_csv(csv_path, space)} if writer.done_ids else {}

@@ -52,8 +52,12 @@ def shard_of(cfg, groups):
 
 
 def validate(ctx) -> None:
-    """Called by the app before the MLflow run opens: slot specs and shard settings."""
-    shard_of(ctx.cfg, all_groups(ctx.cfg, ctx.space))
+    """Called by the app before the MLflow run opens: slot specs, shard settings, and
+    whether chunks already in the run folder (a resume) belong to this profile."""
+    groups = shard_of(ctx.cfg, all_groups(ctx.cfg, ctx.space))
+    if (ctx.run_dir / "profile_chunks").is_dir():
+        key = _settings_key(ctx.cfg, groups, list(ctx.metrics), baseline_resolution(groups))
+        ChunkStore(ctx.run_dir, create=False).check_settings(key, record=False)
 
 
 def run(ctx, tracker):

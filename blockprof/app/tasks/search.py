@@ -5,9 +5,11 @@
     python run.py task=search space=mbv3 search.insight=from_profile search.profile_run=<profile run folder or id>
     python run.py task=search space=resnet50 search=rm_cons_acc             # mmacs constraint (no latency source)
     python run.py task=search search=evolution search.constraint.latency=25
+    python run.py task=search search=bands                                  # best arch under each of search.cost_limits
 
 Objectives: `accuracy` (maximise) against `search.cost` (minimise), both from the
-configured metrics. The budget counts unique archs scored. Every iteration is
+configured metrics. The budget counts unique archs scored and is the stopping rule
+(`search.iterations`, when set, stops earlier). Every iteration is
 checkpointed in the run folder; the same command on the same folder
 (`hydra.run.dir=<folder>` or `task.resume_dir=<folder>`) continues a killed run.
 
