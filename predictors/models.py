@@ -86,12 +86,13 @@ class GNNNet(nn.Module):
         w0 = torch.cat([self.self_w[0].weight, self.fwd_w[0].weight, self.bwd_w[0].weight])
         b0 = torch.cat([self.self_w[0].bias, emb.new_zeros(2 * H)])
         tab = torch.cat([self.head_h(emb) + self.head_x(table), torch.addmm(b0, emb, w0.t())], dim=1)  # [K, 4H]
-        rest = [(torch.cat([ws.weight, wf.weight, wb.weight]), ws.bias)
+        rest = [(torch.cat([ws.weight, wf.weight, wb.weight]).t().contiguous(), ws.bias)
                 for ws, wf, wb in zip(self.self_w[1:], self.fwd_w[1:], self.bwd_w[1:])]
+        head_t = self.head_h.weight.t().contiguous()
         n = lengths.shape[0]
-        graph = torch.repeat_interleave(torch.arange(n), lengths)
+        graph = torch.from_numpy(np.repeat(np.arange(n), lengths.numpy()))
         if torch.is_grad_enabled():  # training: one pass, out-of-place (autograd)
-            y = self._node_latency(tab, emb, rest, ids, coef, inplace=False)
+            y = self._node_latency(tab, emb, rest, head_t, ids, coef, inplace=False)
             return torch.zeros(n, dtype=y.dtype).index_add(0, graph, y) + self.out.bias[0] * lengths.to(y.dtype)
         out = torch.zeros(n, dtype=tab.dtype)
         ends = np.cumsum(lengths.numpy())
@@ -100,11 +101,11 @@ class GNNNet(nn.Module):
         cuts = ends[np.searchsorted(ends, np.arange(self.chunk_nodes, total, self.chunk_nodes))].tolist()
         bounds = sorted({0, total, *cuts})
         for a, b in zip(bounds[:-1], bounds[1:]):
-            y = self._node_latency(tab, emb, rest, ids[a:b], coef[a:b], inplace=True)
+            y = self._node_latency(tab, emb, rest, head_t, ids[a:b], coef[a:b], inplace=True)
             out.index_add_(0, graph[a:b], y)
         return out.add_(self.out.bias[0] * lengths.to(out.dtype))
 
-    def _node_latency(self, tab, emb, rest, ids, coef, inplace: bool) -> torch.Tensor:
+    def _node_latency(self, tab, emb, rest, head_t, ids, coef, inplace: bool) -> torch.Tensor:
         """w . act(W_h h_L + W_x x) per node (without the read-out bias)."""
         F = nn.functional
         H = self.head_h.out_features
@@ -115,10 +116,10 @@ class GNNNet(nn.Module):
         acc, h = d, None
         for w, bias in rest:  # later rounds: the states depend on the neighbours, no table
             h = (emb.index_select(0, ids) if h is None else h) + d
-            sfb = torch.addmm(torch.cat([bias, bias.new_zeros(2 * H)]), h, w.t())
+            sfb = torch.addmm(torch.cat([bias, bias.new_zeros(2 * H)]), h, w)
             d = F.silu(_messages(sfb[:, :H], sfb[:, H:2 * H], sfb[:, 2 * H:], coef, inplace), inplace=inplace)
             acc = acc + d
-        z = torch.addmm(z, acc, self.head_h.weight.t())
+        z = torch.addmm(z, acc, head_t)
         z = F.silu(z, inplace=inplace)
         return z @ self.out.weight[0]
 

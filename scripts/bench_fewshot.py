@@ -47,19 +47,19 @@ ENGINES = ("local_cpu", "ort_cpu", "openvino_cpu")
 SOURCE = {"ort_cpu": "local_cpu", "openvino_cpu": "local_cpu", "local_cpu": "ort_cpu"}
 
 
-def load(data_dir: Path, space):
+def load(data_dir: Path, space, engines):
     """Latency per engine, on the archs every engine measured (aligned by net_id)."""
     recs, floors = {}, {}
-    for e in ENGINES:
+    for e in engines:
         path = data_dir / f"ofa_mbv3_{e}_lat_data.csv.gz"
         recs[e] = {r.net_id: r for r in read_latency_csv(path, space)}
         meta = json.loads((path.with_name(path.name + ".meta.json")).read_text())
         floors[e] = float(meta["retest"]["retest_mape"])
     ids = sorted(set.intersection(*(set(r) for r in recs.values())))
-    for e in ENGINES:
-        assert all(recs[e][i].arch == recs[ENGINES[0]][i].arch for i in ids), "engines timed different archs"
-    archs = [recs[ENGINES[0]][i].arch for i in ids]
-    y = {e: np.array([recs[e][i].latency_ms for i in ids]) for e in ENGINES}
+    for e in engines:
+        assert all(recs[e][i].arch == recs[engines[0]][i].arch for i in ids), "engines timed different archs"
+    archs = [recs[engines[0]][i].arch for i in ids]
+    y = {e: np.array([recs[e][i].latency_ms for i in ids]) for e in engines}
     return archs, y, floors
 
 
@@ -84,10 +84,11 @@ def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     space = build_space("mbv3")
-    archs, y, floors = load(args.data_dir, space)
+    engines = sorted(set(args.targets) | {SOURCE[t] for t in args.targets}, key=ENGINES.index)
+    archs, y, floors = load(args.data_dir, space, engines)
     feat = OpGraphFeaturizer(space)
     n = len(archs)
-    logger.info("%d archs on %s; test-retest floors %s", n, ENGINES, floors)
+    logger.info("%d archs on %s; test-retest floors %s", n, engines, floors)
     opts = TrainOptions(model="gnn", max_epochs=args.max_epochs)
     ft = TrainOptions(model="gnn", max_epochs=args.max_epochs, lr=args.ft_lr)
     pick = lambda idx: [archs[i] for i in idx]  # noqa: E731

@@ -13,7 +13,9 @@ alternation, so load drift hits both alike) and the ratio to the baseline:
 - `space.encode` vs a per-arch Python loop (the encoder it replaced, same output),
 - analytic MMACs / params vs torchprofile / numel on the real subnet (small sample).
 
-Targets: accuracy >= 5x OFA, LUT >= 10x, MMACs >= 10,000x torchprofile.
+Targets: accuracy (mbv3) >= 5x OFA, LUT >= 10x, MMACs >= 10,000x torchprofile. The
+resnet50 accuracy row has no target: OFA's ResNet encoder is a cheap numpy loop, so
+both sides spend most of their time in the same MLP.
 """
 from __future__ import annotations
 
@@ -118,7 +120,7 @@ def main() -> None:
                      "ofa.tutorial AccuracyPredictor", 5))
         rows.append((f"accuracy resnet50 (OFA predictor), torch threads {threads}",
                      *paired(lambda: rn_acc.evaluate(rn_archs), ofa_rn, n, n, args.repeats),
-                     "ofa.nas AccuracyPredictor + ResNetArchEncoder", 5))
+                     "ofa.nas AccuracyPredictor + ResNetArchEncoder", None))
     torch.set_num_threads(2)
 
     lut = note10_latency(mb)

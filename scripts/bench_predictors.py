@@ -1,7 +1,7 @@
 """Benchmark the four latency predictors (gnn, rnn, linear, additive) on the same split.
 
     BLOCKPROF_ASSET_MIRROR=../shared/assets python scripts/bench_predictors.py \
-        --csv data/ofa_mbv3_local_cpu_lat_data.csv          # measured here with task=measure
+        --csv scripts/data/ofa_mbv3_local_cpu_lat_data.csv.gz   # committed, measured with task=measure
 
 Part 1, a CSV measured on this machine: test MAPE / RMSE / Spearman / Kendall /
 within +-5 % and +-10 % / top-10 % overlap, training time, inference archs/s
@@ -206,7 +206,7 @@ def table(rows: list[dict], threads: list[int]) -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--space", default="mbv3")
-    ap.add_argument("--csv", type=Path, default=ROOT / "data/ofa_mbv3_local_cpu_lat_data.csv")
+    ap.add_argument("--csv", type=Path, default=ROOT / "scripts/data/ofa_mbv3_local_cpu_lat_data.csv.gz")
     ap.add_argument("--note10-csv", type=Path, default=ROOT / "data/ofa_mbv3_note10lut_lat_data.csv")
     ap.add_argument("--note10-archs", type=int, default=5000)
     ap.add_argument("--models", default=",".join(MODEL_KINDS))

@@ -176,6 +176,9 @@ def kit(tmp_path_factory):
              f"hydra.run.dir={d / 'profile_run'}"], d, env)
     assert r.rc == 0, r.err[-3000:]
     assert (d / "profile_run" / "summary.csv").is_file()
+    r = cli(["task.num_archs=3", "task.all=false", "task.blocks=[[0,0,3,3]]", "tracking=none",
+             f"paths.output_root={d / 'out'}", f"hydra.run.dir={d / 'profile_1slot'}"], d, env)
+    assert r.rc == 0, r.err[-3000:]
     return d
 
 
@@ -276,6 +279,18 @@ def _state(edit: Callable[[dict], object]):
         st = run / "checkpoint" / "state.json"
         st.write_text(json.dumps(edit(json.loads(st.read_text()))))
     return damage
+
+
+def _full_lists(tmp, res):
+    """A 1-slot profile says nothing to cut a unit's candidates to min_candidates=2 with: every
+    unit keeps the full space's list, and the run says so."""
+    import yaml
+    from blockprof.core.space import build_space
+    from blockprof.search.insight import named_profile
+    got = yaml.safe_load((tmp / "run" / "insight_space.yaml").read_text())
+    full = named_profile(build_space("mbv3"), "full")
+    assert [tuple(c) for c in got["unit_candidates"]] == list(full.candidates)
+    assert "unit 0 has only 1 profiled block(s) (< min_candidates 2): keeping its full candidate list" in res.err
 
 
 def _verify_profile_ok(tmp, res, values):
@@ -721,6 +736,9 @@ CASES: list[Case] = [
           ("missing-key", json.dumps({"unit_candidates": [["mbconv3_e3_k3"]] * 5}), "missing"),
           ("layers-text", _insight(min_layers=["two"] * 5), "is not an integer"),
       ]],
+    Case("from-profile-few-blocks", "insight",
+         [*SEARCH, "tracking=none", "search.insight=from_profile", "search.profile_run={file}", "hydra.run.dir=run"],
+         expect="ok", setup=lambda tmp, kit: {"file": kit / "profile_1slot"}, verify=lambda tmp, res, v: _full_lists(tmp, res)),
     Case("insight-file-missing", "insight", [*SEARCH, "search.insight=nope/ins.yaml"], "does not exist"),
     Case("from-profile-missing-folder", "insight", [*SEARCH, "search.insight=from_profile", "search.profile_run=gone"],
          "search.profile_run 'gone'"),
@@ -882,7 +900,7 @@ PENDING = {
     "override-no-key": APP_LAYER,
     "search-budget-zero": APP_LAYER, "search-insight-unknown": APP_LAYER, "from-profile-no-run": APP_LAYER,
     "from-profile-min-candidates-0": APP_LAYER,
-    **{c.id: APP_LAYER for c in CASES if c.category == "insight"},
+    **{c.id: APP_LAYER for c in CASES if c.category == "insight" and c.expect == "error"},
     **{c.id: APP_LAYER for c in CASES if c.id.startswith("search-ckpt-") and c.expect == "error"},
     "blocks-bool-unit": "slot spec parsing accepts true as unit 1",
     "blocks-same-slot-twice": "slot spec parsing accepts one slot twice in a group",

@@ -129,27 +129,29 @@ class Killed(BaseException):
 
 def test_resume_skips_finished_chunks(cfg_factory, tmp_path, monkeypatch):
     """A killed measured-latency profile, rerun into the same folder, measures nothing twice."""
-    calls, kill_at = [], [3]
-    real = MeasuredLatency.time_arch
+    calls, kill_at = [], [2]
+    real = MeasuredLatency.evaluate
 
-    def counting(self, arch):
-        calls.append(arch)
+    def counting(self, archs):
+        archs = list(archs)
+        calls.append(len(archs))
         if len(calls) == kill_at[0]:
             kill_at[0] = -1
-            raise Killed  # killed while timing the slot's first arch
-        return real(self, arch)
+            raise Killed  # killed while timing the first slot group's chunk
+        return real(self, archs)
 
-    monkeypatch.setattr(MeasuredLatency, "time_arch", counting)
+    monkeypatch.setattr(MeasuredLatency, "evaluate", counting)
     overrides = ["device=local_cpu", "metric.names=[latency]", "metric.skip_unavailable=false",
                  "space.resolutions=[160]", "device.latency.warmup=0", "device.latency.repeats=1",
+                 "device.latency.chunk_size=2", "device.latency.references=0",  # one slot group per chunk
                  "task.all=false", "task.blocks=[[0,0,3,3],[4,3,7,6]]", "task.num_archs=2"]
     run = tmp_path / "run"
     with pytest.raises(Killed):
         _profile(cfg_factory, run, *overrides)
-    assert len(calls) == 3 and not (run / "samples.csv").exists()
+    assert calls == [2, 2] and not (run / "samples.csv").exists()
     calls.clear()
     _profile(cfg_factory, run, *overrides)
-    assert len(calls) == 4  # the two unfinished slot groups only; the baseline was kept
+    assert calls == [2, 2]  # the two unfinished slot groups only; the baseline was kept
     s = pd.read_csv(run / "samples.csv")
     assert len(s) == 6 and s["latency"].gt(0).all()
     calls.clear()

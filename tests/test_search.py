@@ -593,7 +593,7 @@ def test_bad_insight_profiles_fail_in_one_line(cfg_factory, tmp_path, change, ne
      "no arch of the search space meets mmacs <= 100"),
     (["search._target_=search.strategies.Nope", "search.name=nope"], "unknown search strategy 'nope'"),
     (["search._target_=blockprof.space.Arch"], "unknown search strategy 'rm_pareto'"),
-    (["+search.mutation_deph=2"], "unknown option search.mutation_deph for strategy rm_pareto"),
+    (["+search.mutation_deph=2"], "unknown config key 'search.mutation_deph'"),
     (["search.budget=lots"], "search.budget: Value 'lots'"),
     (["search.budget=0"], "search.budget must be >= 1"),
     (["search=evolution", "search.constraint.latency=null"], "search.constraint.latency is not set"),

@@ -1,7 +1,8 @@
 """Config -> metric objects."""
 from __future__ import annotations
 
-import sys
+import logging
+
 
 from hydra.utils import get_method
 
@@ -12,6 +13,8 @@ from blockprof.metrics.analytic import mmacs_metric, params_metric
 from blockprof.metrics.base import Metric
 from blockprof.metrics.lut import lookup_table_latency
 from blockprof.metrics.measured import MeasuredLatency
+
+log = logging.getLogger(__name__)
 
 
 METRIC_NAMES = ("accuracy", "mmacs", "params_m", "latency")
@@ -60,7 +63,7 @@ def check_metric_config(cfg, space_name: str, notify: bool = True) -> list[str]:
             kept.append(n)
         elif cfg.metric.get("skip_unavailable", False) and not why.startswith("unknown"):
             if notify:
-                    print(f"note: skipping metric {n}: {why}", file=sys.stderr)
+                    log.warning("skipping metric %s: %s", n, why)
         else:
             raise UserError(why)
     if not kept:

@@ -9,25 +9,16 @@ forcing, the vectorised slot encoding, per-slot cost tables, cutting a real
 subnet). Each space *family* is one module under `blockprof.core.families`
 that subclasses it and owns everything else about the family:
 
-=====================  ==========================================================
-hook                   what the family says
-=====================  ==========================================================
-`unit_blocks`          which block tokens may stand in a unit
-`check_unit`           consistency of one unit (ResNet: one width per unit)
-`to_ofa`/`from_ofa`    OFA's own arch dict
-`parse_slot`, `slots`, the seed's block specs and the profile's slot list
-`describe`, `force`,
-`slot_columns`
-`layers`               an arch's real layers (stem and head included)
-`fixed_layers`         the layers outside the slots, per fixed variant
-`choice_layers`        the layers one encoded choice at one slot stands for
-`_encode_tokens`       interned tokens -> `SlotEncoding` choices (numpy)
-`ofa_accuracy_features` OFA's accuracy-predictor input for a `SlotEncoding`
-`new_supernet`         the OFA supernet (random weights)
-`capabilities`         which public predictor, lookup table, supernet checkpoint exist
-`insight_names`        which insight profile files fit (spaces sharing tokens share one)
-`ops_class`            the `FamilyOps` the search mutates archs with
-=====================  ==========================================================
+- structure: `unit_blocks`, `check_unit` (ResNet: one width per unit), `layers`
+  (an arch's real layers), `fixed_layers` (stem/head per fixed variant) and
+  `choice_layers` (what one encoded choice at one slot stands for), with
+  `n_fixed_variants` / `n_slot_choices`;
+- encodings: `_encode_tokens` (interned tokens -> `SlotEncoding`), `to_ofa` /
+  `from_ofa` (OFA's arch dict), `ofa_accuracy_features` (OFA's predictor input);
+- slots: `parse_slot`, `slots`, `slot_columns`, `describe`, `force`;
+- `new_supernet` (the OFA supernet), `ops_class` (the search's `FamilyOps`);
+- what exists beyond the structure: `capabilities` (public accuracy predictor,
+  lookup table, supernet checkpoint) and `insight_names` (insight profile files).
 
 A space is built from keyword arguments (`name`, `resolutions`, `width_mult`,
 family parameters), so a config node with `_target_: <family class>` builds it;

@@ -29,8 +29,9 @@ between every pair of devices (block preferences differ per device):
 
 ``--devices`` profiles each device first (``task=profile metric.names=[latency]``, every
 slot, ``--archs`` archs per slot, through the blockprof command; extra ``--set key=value``
-overrides go to every profile, e.g. ``--set device.latency.source=predictor`` to use the
-predictors trained on each device's task=measure CSV); ``--profile-run`` takes finished
+overrides go to every profile, ``--set <device>:key=value`` to one, e.g.
+``--set ort_cpu:device.latency.source=predictor`` to use the predictor trained on that
+device's task=measure CSV); ``--profile-run`` takes finished
 profile run folders (their ``summary.csv``). Written to ``--out``: ``devices_<space>.png``,
 ``device_rank_correlation.csv`` and ``.md`` (Spearman over the single-slot means).
 """
@@ -252,9 +253,12 @@ def _single_slot_means(summary: pd.DataFrame, metric: str = "latency") -> pd.Ser
     return pd.Series(s[f"{metric}_mean"].to_numpy(float), index=s["slot"].astype(str).to_numpy())
 
 
-def device_rank_correlation(panels: list[tuple[str, pd.DataFrame]], metric: str = "latency") -> pd.DataFrame:
+def device_rank_correlation(panels: list[tuple[str, pd.DataFrame]], metric: str = "latency",
+                            within_position: bool = False) -> pd.DataFrame:
     """Spearman rank correlation of the single-slot means between every pair of panels
-    (on the slots both profiled)."""
+    (on the slots both profiled). `within_position`: the blocks' order at each position
+    (unit, layer) instead, averaged over positions - which block is cheaper where, with
+    the position's own cost taken out."""
     from scipy.stats import spearmanr
 
     means = {label: _single_slot_means(s, metric) for label, s in panels}
@@ -263,9 +267,23 @@ def device_rank_correlation(panels: list[tuple[str, pd.DataFrame]], metric: str 
     for a in labels:
         for b in labels:
             common = means[a].index.intersection(means[b].index)
-            if len(common) >= 3:
+            if len(common) < 3:
+                continue
+            if not within_position:
                 out.loc[a, b] = float(spearmanr(means[a][common], means[b][common])[0])
+                continue
+            pos = pd.Series([c.split(":")[0] for c in common], index=common)
+            rhos = [spearmanr(means[a][idx], means[b][idx])[0] for _, idx in pos.groupby(pos).groups.items()
+                    if len(idx) >= 3]
+            rhos = [r for r in rhos if np.isfinite(r)]
+            out.loc[a, b] = float(np.mean(rhos)) if rhos else np.nan
     return out
+
+
+def _markdown(corr: pd.DataFrame, title: str) -> list[str]:
+    lines = [f"| {title} | " + " | ".join(corr.columns) + " |", "|---" * (len(corr.columns) + 1) + "|"]
+    return lines + [f"| {i} | " + " | ".join(f"{v:.3f}" for v in row) + " |"
+                    for i, row in zip(corr.index, corr.to_numpy())]
 
 
 def profile_devices(devices: list[str], space: str, archs: int, out: Path, sets: list[str]) -> list[Path]:
@@ -275,9 +293,12 @@ def profile_devices(devices: list[str], space: str, archs: int, out: Path, sets:
     dirs = []
     for d in devices:
         run_dir = (out / "profiles" / f"{space}-{d}").resolve()
+        # `key=value` goes to every device, `device:key=value` to that device only
+        mine = [x.split(":", 1)[1] if ":" in x.split("=", 1)[0] else x for x in sets
+                if ":" not in x.split("=", 1)[0] or x.split(":", 1)[0] == d]
         cmd = [sys.executable, "-m", "blockprof.cli", "task=profile", f"space={space}", f"device={d}",
                "metric.names=[latency]", f"task.num_archs={archs}", "tracking=none", f"hydra.run.dir={run_dir}",
-               *sets]
+               *mine]
         print(f"compare: profiling {space} on {d} ({archs} archs per slot) -> {run_dir}", flush=True)
         r = subprocess.run(cmd)
         if r.returncode != 0:
@@ -323,10 +344,11 @@ def compare_devices(run_dirs: list[Path], out: Path, metric: str = "latency") ->
     fig.savefig(fig_path, dpi=110, bbox_inches="tight")
     close(fig)
     corr = device_rank_correlation(panels, metric)
-    corr.to_csv(out / "device_rank_correlation.csv", float_format="%.3f")
-    md = ["| Spearman of slot means | " + " | ".join(corr.columns) + " |",
-          "|---" * (len(corr.columns) + 1) + "|"]
-    md += [f"| {i} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for i, row in zip(corr.index, corr.to_numpy())]
+    within = device_rank_correlation(panels, metric, within_position=True)
+    both = pd.concat({"all_slots": corr, "within_position": within})
+    both.to_csv(out / "device_rank_correlation.csv", float_format="%.3f")
+    md = (_markdown(corr, "Spearman of slot means, all slots") + [""]
+          + _markdown(within, "Spearman of block means within each position (mean over positions)"))
     (out / "device_rank_correlation.md").write_text("\n".join(md) + "\n")
     return {"figure": fig_path, "correlation": corr, "markdown": "\n".join(md), "out": out}
 
@@ -402,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile-run", action="append", help="devices side by side: a finished profile run folder")
     ap.add_argument("--space", default="mbv3", help="space for --devices (default mbv3)")
     ap.add_argument("--archs", type=int, default=20, help="archs per slot for --devices (default 20)")
-    ap.add_argument("--set", action="append", default=[], help="extra key=value override for --devices profiles")
+    ap.add_argument("--set", action="append", default=[],
+                    help="extra override for --devices profiles: key=value (all) or device:key=value (one)")
     ap.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
     ap.add_argument("--output-root", default="outputs", help="the runs' paths.output_root (default outputs)")
     ap.add_argument("--experiment", default="blockprof", help="MLflow experiment (default blockprof)")

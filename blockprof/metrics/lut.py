@@ -1,8 +1,6 @@
 """Latency from per-layer lookup tables (OFA's Note10 tables; ProxylessNAS's mobile table)."""
 from __future__ import annotations
 
-import torch
-
 from blockprof.common.assets import load_yaml_asset
 from blockprof.common.errors import UserError
 from blockprof.core.layers import ConvLayer, Layer, LinearLayer, MBConvLayer, PoolLayer, layer_macs

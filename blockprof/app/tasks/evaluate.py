@@ -9,6 +9,8 @@ a profile samples.csv.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
@@ -17,6 +19,8 @@ from blockprof.core.archlist import read_archs
 from blockprof.infra.tracking import resolve_path
 from blockprof.metrics.base import score
 from blockprof.app.task import Task
+
+log = logging.getLogger(__name__)
 
 
 def archs_to_score(ctx):
@@ -46,7 +50,7 @@ def run(ctx, tracker):
         summary.update({f"{name}_mean": float(np.mean(v)), f"{name}_min": float(np.min(v)),
                         f"{name}_max": float(np.max(v))})
     tracker.log_metrics({"num_archs": len(archs), **summary})
-    print(f"scored {len(archs)} archs -> {ctx.run_dir / 'archs.csv'}")
+    log.info("scored %d archs -> %s", len(archs), ctx.run_dir / "archs.csv")
     return df
 
 

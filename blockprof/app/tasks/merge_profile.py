@@ -1,6 +1,8 @@
 """task=merge_profile: join the run folders of a sharded profile into one profile."""
 from __future__ import annotations
 
+import logging
+
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +11,8 @@ from omegaconf import OmegaConf
 from blockprof.common.errors import UserError
 from blockprof.app.tasks.profile import all_groups, write_outputs
 from blockprof.app.task import Task
+
+log = logging.getLogger(__name__)
 
 # settings that must agree between the shards and this merge
 _SAME = ("seed", "space.name", "space.resolutions", "device.name", "metric.names", "task.num_archs",
@@ -46,7 +50,7 @@ def run(ctx, tracker):
         raise UserError(f"the shards lack {len(missing)} slot group(s), e.g. group {missing[0]}: "
                         "give every shard's folder")
     summary = write_outputs(ctx, tracker, groups, samples)
-    print(f"merged {len(inputs)} shards: {len(groups) - 1} slot groups -> {ctx.run_dir}")
+    log.info("merged %d shards: %d slot groups -> %s", len(inputs), len(groups) - 1, ctx.run_dir)
     return summary
 
 
