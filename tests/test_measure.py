@@ -166,3 +166,39 @@ def test_engine_device_measures_and_feeds_a_few_shot_predictor(cfg_factory, tmp_
     with pytest.raises(UserError, match="was trained for space pn"):
         execute(cfg_factory(*train, f"task.checkpoint={tmp_path / 'x.pt'}", f"task.init_from={tmp_path / 'bad2.pt'}"),
                 run_dir=tmp_path / "t4")
+
+
+# ------------------------------------------------------------------ devices side by side
+def _summary(values: dict) -> "pd.DataFrame":
+    import pandas as pd
+    rows = [{"group": 0, "slot": "random", "unit": None, "layer": None, "block": "random", "resolution": None,
+             "n": 4, "latency_mean": 10.0}]
+    for i, ((u, lay, b), v) in enumerate(values.items(), start=1):
+        rows.append({"group": i, "slot": f"u{u}l{lay}:{b}", "unit": u, "layer": lay, "block": b,
+                     "resolution": None, "n": 4, "latency_mean": v})
+    return pd.DataFrame(rows)
+
+
+def test_devices_side_by_side_correlates_slot_means(tmp_path):
+    from blockprof.infra.compare import compare_devices, main
+
+    slots = [(u, lay, b) for u in (0, 1) for lay in (0, 1) for b in ("mbconv3_e3_k3", "mbconv3_e4_k5", "mbconv3_e6_k7")]
+    base = {s: 10 + 5 * s[0] + s[1] + ["mbconv3_e3_k3", "mbconv3_e4_k5", "mbconv3_e6_k7"].index(s[2]) * 0.5
+            for s in slots}
+    flipped = {s: v if s[2] == "mbconv3_e4_k5" else base[(s[0], s[1], "mbconv3_e6_k7" if s[2] == "mbconv3_e3_k3"
+                                                            else "mbconv3_e3_k3")] for s, v in base.items()}
+    dirs = []
+    for name, vals in (("mbv3-dev_a", base), ("mbv3-dev_b", {s: 3 * v for s, v in base.items()}),
+                       ("mbv3-dev_c", flipped)):
+        (tmp_path / name).mkdir()
+        _summary(vals).to_csv(tmp_path / name / "summary.csv", index=False)
+        dirs.append(tmp_path / name)
+    res = compare_devices(dirs, tmp_path / "out")
+    corr = res["correlation"]
+    a, b, c = corr.index
+    assert corr.loc[a, b] == pytest.approx(1.0)  # same pattern, 3x slower: same ranks
+    assert corr.loc[a, c] < 1.0
+    assert res["figure"].is_file() and (tmp_path / "out" / "device_rank_correlation.md").is_file()
+    within = (tmp_path / "out" / "device_rank_correlation.md").read_text()
+    assert "within each position" in within and "| -1.000 |" in within  # block order reversed at every position
+    assert main(["--profile-run", str(tmp_path / "nope"), "--out", str(tmp_path / "o2")]) == 2

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 
-
 from hydra.utils import get_method
 
 from blockprof.common.errors import UserError

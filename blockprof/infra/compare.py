@@ -186,7 +186,8 @@ def _grid(summary: pd.DataFrame, col: str):
     return rows, blocks, grid
 
 
-def plot_heatmaps(space: str, metric: str, panels: list[tuple[str, pd.DataFrame]], unit: str | None = None):
+def plot_heatmaps(space: str, metric: str, panels: list[tuple[str, pd.DataFrame]], unit: str | None = None,
+                  shared: bool | None = None):
     """Side-by-side mean-value heatmaps of one space, one panel per run. One colour scale
     when the panels' values are of one magnitude (MACs, accuracy), else one per panel
     (latency on a phone table and on a CPU differ by 10x: each panel shows its pattern)."""
@@ -198,7 +199,8 @@ def plot_heatmaps(space: str, metric: str, panels: list[tuple[str, pd.DataFrame]
     if not grids:
         return None
     meds = [float(np.nanmedian(np.abs(g[3]))) for g in grids]
-    shared = min(meds) > 0 and max(meds) / min(meds) <= 2 or max(meds) == 0
+    if shared is None:
+        shared = min(meds) > 0 and max(meds) / min(meds) <= 2 or max(meds) == 0
     vals = np.concatenate([g[3][np.isfinite(g[3])] for g in grids])
     n_rows = max(len(g[1]) for g in grids)
     n_cols = max(len(g[2]) for g in grids)
@@ -339,7 +341,7 @@ def compare_devices(run_dirs: list[Path], out: Path, metric: str = "latency") ->
         raise UserError(f"the profiles are of several spaces {sorted(spaces)}; compare one space at a time")
     space = spaces.pop()
     out.mkdir(parents=True, exist_ok=True)
-    fig = plot_heatmaps(space, metric, panels, "ms")
+    fig = plot_heatmaps(space, metric, panels, "ms", shared=False)  # devices: each one's own pattern
     fig_path = out / f"devices_{_safe(space)}.png"
     fig.savefig(fig_path, dpi=110, bbox_inches="tight")
     close(fig)
