@@ -160,6 +160,9 @@ def test_accuracy_predictor_follows_the_family_not_the_name():
     assert torch.get_num_threads() == before
     with pytest.raises(UserError, match="knows resolutions"):
         OFAAccuracyPredictor(small.variant(resolutions=[240]))
+    plain = OFAAccuracyPredictor(mbv3)  # the addmm path (torch builds without oneDNN) agrees
+    plain._onednn = None
+    np.testing.assert_allclose(plain.evaluate(archs), OFAAccuracyPredictor(mbv3).evaluate(archs), atol=1e-4)
 
 
 def test_lookup_table_is_the_one_the_space_declares():

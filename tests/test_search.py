@@ -584,6 +584,11 @@ def test_bad_insight_profiles_fail_in_one_line(cfg_factory, tmp_path, change, ne
     assert not (tmp_path / "run" / "scored.csv").exists()
 
 
+def test_a_wrongly_typed_search_option_fails_while_composing(cfg_factory):
+    with pytest.raises(Exception, match="search.budget=lots"):  # the schema types every strategy option
+        cfg_factory("task=search", "search.budget=lots", "tracking=none")
+
+
 @pytest.mark.parametrize("overrides,needle", [
     (["search=rm_cons_acc", "search.constraint.latency=1", "search.init_max_checks=3000"],
      "no arch of the search space meets latency <= 1"),
@@ -594,7 +599,6 @@ def test_bad_insight_profiles_fail_in_one_line(cfg_factory, tmp_path, change, ne
     (["search._target_=search.strategies.Nope", "search.name=nope"], "unknown search strategy 'nope'"),
     (["search._target_=blockprof.space.Arch"], "unknown search strategy 'rm_pareto'"),
     (["+search.mutation_deph=2"], "unknown config key 'search.mutation_deph'"),
-    (["search.budget=lots"], "search.budget: Value 'lots'"),
     (["search.budget=0"], "search.budget must be >= 1"),
     (["search=evolution", "search.constraint.latency=null"], "search.constraint.latency is not set"),
     (["space=pn", "device=note10", "search.insight=max_acc"], "set metric.accuracy.source=supernet"),

@@ -142,6 +142,14 @@ def _open_client(uri: str):
     """An MlflowClient whose store exists with the current schema (created under the lock)."""
     from mlflow.tracking import MlflowClient
 
+    db = _sqlite_file(uri)
+    if db is not None and db.exists():  # MLflow would retry a broken file for minutes
+        ok = db.is_file()
+        if ok and db.stat().st_size:
+            with open(db, "rb") as f:
+                ok = f.read(16) == b"SQLite format 3\x00"
+        if not ok:
+            raise RuntimeError(f"{db} is not an SQLite database; move it away to start a new store")
     with store_lock(uri):
         return MlflowClient(tracking_uri=uri)
 

@@ -31,14 +31,30 @@ def mlp_layers(state: dict) -> tuple[list[tuple[torch.Tensor, torch.Tensor | Non
     return layers, (0.0 if base is None else float(base.reshape(-1)[0]))
 
 
+def _onednn_layers(layers) -> list | None:
+    """The layers as oneDNN tensors (weights in its blocked layout, bias explicit), for
+    oneDNN's linear kernel: about a fifth faster than addmm on these shapes. None
+    where this torch build has no oneDNN; predictions then use addmm."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch._C._nn, "mkldnn_linear")):
+        return None
+    try:
+        out = [(w.t().contiguous().to_mkldnn(), (torch.zeros(w.shape[1]) if b is None else b).to_mkldnn())
+               for w, b in layers]
+        with torch.inference_mode():  # one probe row: the kernel accepts these tensors
+            torch._C._nn.mkldnn_linear(torch.zeros(1, layers[0][0].shape[0]).to_mkldnn(), *out[0]).to_dense()
+        return out
+    except RuntimeError:
+        return None
+
+
 class OFAAccuracyPredictor(Metric):
     """OFA's public ImageNet top-1 predictors, in %, for spaces whose family declares one
     (`space.capabilities.accuracy_predictor`).
 
     The space builds the predictor's input for the whole batch at once from its slot
     encoding, in the exact layout OFA's encoders use; the MLP (ReLU between linear
-    layers) then runs in row chunks that keep its activations in cache, on `threads`
-    torch threads (default one: matmuls this small gain little from a second thread,
+    layers, oneDNN's kernel) then runs in row chunks that keep its activations in cache,
+    on `threads` torch threads (default one: matmuls this small gain little from a second thread,
     and on a busy machine each parallel matmul waits for the slowest thread).
     """
     name, unit, higher_is_better = "accuracy", "%", True
@@ -55,6 +71,7 @@ class OFAAccuracyPredictor(Metric):
             if r not in asset.resolutions:
                 raise UserError(f"the {space.name} accuracy predictor knows resolutions {list(asset.resolutions)}, not {r}")
         self.layers, self.base = mlp_layers(load_torch_asset(asset.asset, explicit_path=explicit_path))
+        self._onednn = _onednn_layers(self.layers)
 
     def features(self, enc: SlotEncoding) -> np.ndarray:
         return self.space.ofa_accuracy_features(enc)
@@ -74,10 +91,18 @@ class OFAAccuracyPredictor(Metric):
             with torch.inference_mode():
                 for i in range(0, len(x), self.CHUNK):
                     h = x[i:i + self.CHUNK]
-                    for k, (w, b) in enumerate(self.layers):
-                        h = torch.addmm(b, h, w) if b is not None else h @ w
-                        if k < last:
-                            h.relu_()
+                    if self._onednn:
+                        h = h.to_mkldnn()
+                        for k, (w, b) in enumerate(self._onednn):
+                            h = torch._C._nn.mkldnn_linear(h, w, b)
+                            if k < last:
+                                h = torch.relu(h)
+                        h = h.to_dense()
+                    else:
+                        for k, (w, b) in enumerate(self.layers):
+                            h = torch.addmm(b, h, w) if b is not None else h @ w
+                            if k < last:
+                                h.relu_()
                     out[i:i + self.CHUNK] = h
         finally:
             torch.set_num_threads(before)
