@@ -272,7 +272,7 @@ def _measure_noise(csv_path: Path) -> dict:
 
 
 def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str, opts: TrainOptions, seed: int,
-                   ckpt_path: str | os.PathLike, tracker, run_dir: str | os.PathLike, log_model: bool = True,
+                   ckpt_path: str | os.PathLike, tracker, run_dir: str | os.PathLike,
                    init_from: str | os.PathLike | None = None, train_archs: int | None = None,
                    device_filter: str | None = None) -> dict:
     """Read a seed-format CSV, split (seeded), fit with early stopping on dev MAPE, report on
@@ -342,9 +342,6 @@ def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str,
     import matplotlib.pyplot as plt
     plt.close(fig)
     tracker.log_artifact(ckpt_path, "checkpoint")
-    if log_model:
-        from blockprof.predictors.latency import log_mlflow_model
-        log_mlflow_model(tracker, ckpt_path)
     print(f"train_predictor: test MAPE {test['mape']:.2f} %, Spearman {test['spearman']:.3f}, "
           f"within +-10 % {test['within10']:.1f} % -> {ckpt_path}", flush=True)
     return {"model": model, "test": test, "report": report, "checkpoint": ckpt_path, "info": info}

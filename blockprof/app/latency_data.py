@@ -166,6 +166,7 @@ class TrainOnFirstUse(Metric):
         return self._metric.evaluate(archs)
 
     def _train(self) -> PredictedLatency:
+        from blockprof.infra.models import log_mlflow_model, log_training_data
         from blockprof.infra.tracking import track_run
         from blockprof.predictors.train import TrainOptions, train_from_csv
         cfg, lat = self.cfg, self.cfg.device.latency
@@ -173,8 +174,10 @@ class TrainOnFirstUse(Metric):
         run_dir = (self._run_dir or _fallback_run_dir(cfg)) / "train_predictor"
         log.info("latency: no predictor at %s; training a %s on %s first", self.ckpt_path, opts.model, self.csv_path)
         with track_run(cfg, run_dir, "train_predictor", tags={"trained_on_demand": "true"}, nested=True) as tracker:
+            log_training_data(tracker, self.csv_path, str(cfg.device.name))
             result = train_from_csv(self.space, self.csv_path, str(cfg.device.name), opts, int(cfg.seed),
                                     self.ckpt_path, tracker, run_dir)
+            log_mlflow_model(tracker, self.ckpt_path, str(cfg.device.name))
         return PredictedLatency(result["model"], self.ckpt_path, {"test": result["test"]},
                                 threads=int(lat.get("infer_threads", 1)))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from blockprof.common.errors import UserError
 from blockprof.infra.tracking import resolve_path
 from blockprof.app.task import Task
+from blockprof.infra.models import log_mlflow_model, log_training_data
 
 
 def _plan(ctx):
@@ -64,10 +65,14 @@ def run(ctx, tracker):
 
     cfg, t = ctx.cfg, ctx.cfg.task
     csv_path, ckpt_path, opts = _plan(ctx)
-    return train_from_csv(ctx.space, csv_path, str(cfg.device.name), opts, int(cfg.seed), ckpt_path,
-                          tracker, ctx.run_dir, log_model=bool(t.get("log_model", True)),
-                          init_from=resolve_path(t.init_from, cfg) if t.get("init_from") else None,
-                          train_archs=t.get("train_archs"), device_filter=_device_filter(cfg))
+    device = str(cfg.device.name)
+    log_training_data(tracker, csv_path, device)
+    result = train_from_csv(ctx.space, csv_path, device, opts, int(cfg.seed), ckpt_path, tracker, ctx.run_dir,
+                            init_from=resolve_path(t.init_from, cfg) if t.get("init_from") else None,
+                            train_archs=t.get("train_archs"), device_filter=_device_filter(cfg))
+    if t.log_model:
+        log_mlflow_model(tracker, result["checkpoint"], device)
+    return result
 
 
 class TrainPredictorTask(Task):
