@@ -77,13 +77,20 @@ def main():
     ap.add_argument("--ks", type=int, nargs="+", default=[25, 50, 100, 200])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--targets", nargs="+", default=["ort_cpu", "openvino_cpu", "local_cpu"])
+    ap.add_argument("--source", choices=ENGINES, help="the engine to transfer from (default: local_cpu, "
+                    "or ort_cpu for target local_cpu)")
     ap.add_argument("--max-epochs", type=int, default=400)
-    ap.add_argument("--ft-lr", type=float, default=1e-3, help="learning rate when fine-tuning")
+    ap.add_argument("--ft-lr", type=float, default=2e-3, help="learning rate when fine-tuning (default: "
+                    "the from-scratch rate)")
     ap.add_argument("--out", type=Path, default=ROOT / "scripts" / "results" / "bench_fewshot")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
     space = build_space("mbv3")
+    if args.source:
+        SOURCE.update({t: args.source for t in args.targets})
+    if any(SOURCE[t] == t for t in args.targets):
+        raise SystemExit("a target cannot be its own source")
     engines = sorted(set(args.targets) | {SOURCE[t] for t in args.targets}, key=ENGINES.index)
     archs, y, floors = load(args.data_dir, space, engines)
     feat = OpGraphFeaturizer(space)

@@ -107,6 +107,7 @@ class BandsConfig(SearchConfig):
     init_size: int = 400
     budget_per_iter: int = 400
     front_share: float = 0.2                # of each iteration: unit-level mutation of the whole front (hypervolume)
+    band_shares: str = "limit"              # split of the rest: "limit" (in proportion to each limit) | "equal"
     band_width: float = 0.08                # a band's children cost within [limit x (1 - band_width), limit]
     parents: int = 16                       # per band: the best archs under its limit
     gene_share: float = 0.5                 # of a band's candidates: OFA gene mutation ...
@@ -452,6 +453,8 @@ class Bands(Strategy):
                   "attempts_per_arch")
         _prob(c, "front_share", "band_width", "gene_share", "crossover_share", "arch_mutate_prob",
               "resolution_mutate_prob")
+        if c.band_shares not in ("limit", "equal"):
+            raise UserError(f"search.band_shares must be limit or equal, not {c.band_shares!r}")
         if c.gene_share + c.crossover_share > 1 + 1e-9:
             raise UserError("search.gene_share + search.crossover_share must be <= 1")
 
@@ -537,8 +540,11 @@ class Bands(Strategy):
         n = min(c.budget_per_iter, self.remaining)
         limits = sorted(self.limits)
         n_bands = n - int(round(c.front_share * n)) if limits else 0
-        share = np.full(len(limits), n_bands // max(1, len(limits)))
-        share[: n_bands - int(share.sum())] += 1
+        # a higher limit has more archs under it, and more to search
+        w = np.asarray(limits, dtype=np.float64) if c.band_shares == "limit" else np.ones(len(limits))
+        w = w / w.sum() if len(limits) and w.sum() > 0 else np.full(len(limits), 1.0 / max(1, len(limits)))
+        share = np.floor(w * n_bands).astype(np.int64)
+        share[np.argsort(-(w * n_bands - share), kind="stable")[: n_bands - int(share.sum())]] += 1
         kids, origins = [], []
         for lim, group in zip(limits, self.band_children(limits, [int(k) for k in share])):
             kids += group

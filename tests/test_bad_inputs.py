@@ -825,8 +825,11 @@ CASES: list[Case] = [
     Case("asset-cache-corrupt-no-mirror", "asset", TINY, "download failed",
          setup=lambda tmp, kit: _cache_asset(tmp, "ofa/acc_predictor.pth", b"corrupt"),
          env={"BLOCKPROF_ASSET_MIRROR": "{tmp}/no_mirror"}, allow=lambda rel: rel.startswith("cache/")),
-    Case("asset-explicit-corrupt", "asset", [*TINY, "metric.accuracy.predictor={file}"], "checksum mismatch",
-         setup=write("acc.pth", b"not the predictor"), xfail="metric.accuracy.predictor key unverified"),
+    Case("asset-explicit-corrupt", "asset", [*TINY, "metric.accuracy.checkpoint={file}"], "checksum mismatch",
+         setup=write("acc.pth", b"not the predictor")),
+    Case("asset-explicit-missing", "asset", [*TINY, "metric.accuracy.checkpoint={tmp}/nope.pth"], "does not exist"),
+    Case("asset-explicit-lut-corrupt", "asset", [*TINY, "device.latency.table={file}"], "lut.yaml",
+         setup=write("lut.yaml", "not: [a, table")),
     # ------------------------------------------------------------------ file system
     Case("root-under-file", "filesystem", [*TINY, "paths.output_root={file}/out"], "a_file",
          setup=write("a_file", "x")),
@@ -854,8 +857,7 @@ CASES: list[Case] = [
                                        "tracking.request_timeout_s=2"], expect="recovered",
          env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"},
          verify=lambda tmp, res, v: _untracked_but_kept(tmp, res, t_max=60)),
-    Case("server-bad-scheme", "server", [*TINY, "tracking=server", "tracking.uri=ftp://nowhere"], "ftp://nowhere",
-         xfail="tracking.uri scheme not checked at start"),
+    Case("server-bad-scheme", "server", [*TINY, "tracking=server", "tracking.uri=ftp://nowhere"], "ftp://nowhere"),
     # ------------------------------------------------------------------ kills, interrupts, races
     Case("profile-sigkill", "kill", [], expect="recovered", slow=True,
          setup=lambda tmp, kit: {"kit": kit},

@@ -82,6 +82,9 @@ def _store(cfg: DictConfig) -> tuple[str, str | None]:
         uri = t.get("uri") or os.environ.get("MLFLOW_TRACKING_URI")
         if not uri:
             raise UserError("tracking.backend=server needs tracking.uri or $MLFLOW_TRACKING_URI")
+        if not str(uri).startswith(("http://", "https://")):
+            raise UserError(f"tracking.uri {uri!r} is not a tracking server address (http://host:port); "
+                            "for a local store use tracking=local")
         return str(uri), (str(t.artifact_root) if t.get("artifact_root") else None)
     root = resolve_output_root(cfg)
     uri = str(t.uri) if t.get("uri") else f"sqlite:///{root / 'mlflow.db'}"
