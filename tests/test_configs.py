@@ -54,8 +54,9 @@ def test_user_device_from_config_dir(tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["task.num_archs=abc"], "error: task.num_archs: Value 'abc' of type 'str' could not be converted to Integer"),
     (["task.num_archs=2.9"], "error: task.num_archs: Value '2.9' of type 'float' could not be converted to Integer"),
-    (["+task.num_archz=5"], "error: unknown config key 'task.num_archz' (known here: _target_, name"),
-    (["task.num_archz=5"], "error: task.num_archz: Key 'num_archz' not in 'ProfileTaskConfig'"),
+    (["+task.num_archz=5"], "error: unknown config key 'task.num_archz' (known here: name"),
+    (["task.num_archz=5"], "error: unknown config key 'task.num_archz' (known here: name"),
+    (["task=search", "search.budgetx=5"], "error: unknown config key 'search.budgetx' (known here: name"),
     (["space=mbv3x"], "error: unknown space 'mbv3x' (choose from: mbv3, mbv3_w10, pn, resnet50)"),
     (["task=search", "search.budget=lots"], "error: search.budget: Value 'lots'"),
     (["device.latency.source=bogus"], "error: unknown device.latency.source 'bogus'"),

@@ -10,7 +10,7 @@ import re
 from dataclasses import fields, is_dataclass
 
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from blockprof.common.errors import UserError
 
@@ -27,7 +27,7 @@ def _schema_keys(obj_type) -> str:
 def _omegaconf_line(exc: OmegaConfBaseException) -> str:
     key = getattr(exc, "full_key", None)
     msg = str(getattr(exc, "msg", None) or exc).strip().splitlines()[0]
-    if isinstance(exc, ConfigKeyError) and key:
+    if isinstance(exc, (ConfigKeyError, ConfigAttributeError)) and key:
         known = _schema_keys(getattr(exc, "object_type", None))
         return f"unknown config key '{key}'" + (f" (known here: {known})" if known else "")
     return f"{key}: {msg}" if key else msg

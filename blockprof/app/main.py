@@ -94,7 +94,7 @@ def validate(cfg: DictConfig) -> None:
     extra = unknown_keys(cfg)
     if extra:
         key, known = extra[0]
-        raise UserError(f"unknown config key '{key}' (known here: {', '.join(known)})")
+        raise UserError(f"unknown config key '{key}' (known here: {', '.join(k for k in known if not k.startswith('_'))})")
     if cfg.seed < 0:
         raise UserError(f"seed must be a non-negative integer, not {cfg.seed!r}")
     if cfg.tracking.backend not in ("local", "none", "server"):
