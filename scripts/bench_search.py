@@ -401,7 +401,7 @@ def main() -> None:
       f"{max(0.0, max(c[1] for c in ofa_checks)):.2g} ms; OFA's reported best (its last parents) is at most "
       f"{max(c[3] - c[2] for c in ofa_checks):.2g} points below the best it scored (used here)")
     p("")
-    p(f"per budget: best predicted top-1 (%) with latency <= budget, median [min..max] over seeds; gap: seed-paired "
+    p("per budget: best predicted top-1 (%) with latency <= budget, median [min..max] over seeds; gap: seed-paired "
       "median of (method - OFA); >=OFA: seeds at or above OFA")
     head = f"{'method':<26}" + "".join(f" | {format(b, 'g') + ' ms':<20} {'gap':>6} {'>=OFA':>5}" for b in BUDGETS)
     p(head)
@@ -419,7 +419,7 @@ def main() -> None:
         p(row)
     p("")
     p(f"hypervolume of every scored arch (reference {REF[0]:g} %, {REF[1]:g} ms), evaluations, time "
-      "(median [min..max] over seeds; wall: one core, two runs at a time)")
+      f"(median [min..max] over seeds; wall s: median per run, one thread, {a.workers} runs at a time on shared cores)")
     head = f"{'method':<26} {'hypervolume':>24} {'unique evals':>13} {'queries':>9} {'all 4 >= OFA':>13} {'wall s':>7}"
     p(head)
     p("-" * len(head))

@@ -108,7 +108,7 @@ class BandsConfig(SearchConfig):
     budget_per_iter: int = 400
     front_share: float = 0.2                # of each iteration: unit-level mutation of the whole front (hypervolume)
     band_shares: str = "limit"              # split of the rest: "limit" (in proportion to each limit) | "equal"
-    band_width: float = 0.08                # a band's children cost within [limit x (1 - band_width), limit]
+    band_width: float = 0.04                # a band's children cost within [limit x (1 - band_width), limit]
     parents: int = 16                       # per band: the best archs under its limit
     gene_share: float = 0.5                 # of a band's candidates: OFA gene mutation ...
     crossover_share: float = 0.25           # ... crossover; the rest: unit-level add/remove/swap edits
@@ -433,8 +433,8 @@ class Bands(Strategy):
     """Per-budget bands around `cost_limits`, sharing one memo of evaluations.
 
     Each iteration spends `front_share` of its evaluations on unit-level mutation of
-    the whole front (the paper's move, for the hypervolume) and splits the rest
-    evenly over the cost limits. For limit L, the parents are the `parents` most
+    the whole front (the paper's move, for the hypervolume) and splits the rest over
+    the cost limits (`band_shares`: in proportion to each limit, or evenly). For limit L, the parents are the `parents` most
     accurate archs scored so far with cost <= L; children come from OFA's gene
     mutation, crossover and unit-level edits, are cost-checked (free), and only
     unseen ones costing within [L x (1 - band_width), L] are scored: the best arch

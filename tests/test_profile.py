@@ -143,7 +143,7 @@ def test_resume_skips_finished_chunks(cfg_factory, tmp_path, monkeypatch):
     monkeypatch.setattr(MeasuredLatency, "evaluate", counting)
     overrides = ["device=local_cpu", "metric.names=[latency]", "metric.skip_unavailable=false",
                  "space.resolutions=[160]", "device.latency.warmup=0", "device.latency.repeats=1",
-                 "device.latency.chunk_size=2", "device.latency.references=0",  # one slot group per chunk
+                 "device.latency.chunk_size=1", "device.latency.references=0",  # one slot group per chunk
                  "task.all=false", "task.blocks=[[0,0,3,3],[4,3,7,6]]", "task.num_archs=2"]
     run = tmp_path / "run"
     with pytest.raises(Killed):

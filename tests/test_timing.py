@@ -84,7 +84,7 @@ def test_protocol_checks_are_one_line_user_errors():
 def test_measured_metric_times_real_subnets_through_the_protocol(tmp_path):
     sp = build_space("mbv3", resolutions=[128, 160])
     m = MeasuredLatency(sp, warmup=0, repeats=2, chunk_size=3, references=1)
-    assert m.proto.clock == "cpu" and m.archs_per_call == 3
+    assert m.proto.clock == "cpu" and m.slots_per_call == 3
     m.bind_run_dir(tmp_path)
     archs = sp.sample(np.random.default_rng(0), 4)
     v = m.evaluate(archs)

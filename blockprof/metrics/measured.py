@@ -46,8 +46,9 @@ class MeasuredLatency(Metric):
     first call; with a run folder bound (`bind_run_dir`) the calibration is kept there, so a
     resumed profile stays on the same scale.
 
-    `chunk_size` is also what a profile hands over per call (`archs_per_call`): the archs of
-    several slots are then timed in the same rounds, so their means share the same drift.
+    A profile hands over `slots_per_call` (= `chunk_size`) slots per call, arch-major: a
+    timing chunk then holds the variants of one base arch across those slots, timed in the
+    same rounds, so drift between chunks shifts every slot's mean alike.
     """
     name, unit, higher_is_better = "latency", "ms", False
     slow = True  # profiling scores it in small, resumable batches
@@ -66,7 +67,7 @@ class MeasuredLatency(Metric):
         self.engine = make_engine(engine, space, hw=device, threads=int(threads), clock=clock,
                                   batch_size=int(batch_size), cache_dir=cache_dir)
         self.progress = progress
-        self.archs_per_call = int(chunk_size)
+        self.slots_per_call = int(chunk_size)
         self.last_spread = np.zeros(0)
         self.last_factors: list[float] = []
         refs = reference_archs(space, int(seed), self.proto.references)

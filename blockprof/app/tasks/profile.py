@@ -65,9 +65,8 @@ def run(ctx, tracker):
     groups = shard_of(cfg, all_groups(cfg, ctx.space))
     n = int(cfg.task.num_archs)
     slow = [m for m in ctx.metrics.values() if m.slow]
-    # slow metrics: batches of about one timing chunk (`archs_per_call`), so the slots of a
-    # batch are timed in the same interleaved rounds and an interrupted run loses little
-    per_chunk = (max(1, min(getattr(m, "archs_per_call", n) for m in slow) // n) if slow
+    # slow metrics: batches of `slots_per_call` slots (resumable), scored arch-major (below)
+    per_chunk = (max(1, min(getattr(m, "slots_per_call", 1) for m in slow)) if slow
                  else max(1, int(cfg.task.chunk_archs) // n))
     metric_names = list(ctx.metrics)
     store = ChunkStore(ctx.run_dir)
@@ -88,7 +87,13 @@ def run(ctx, tracker):
             resumed += 1
             continue
         flat = [a for group in archs for a in group]
-        df = samples_frame(ctx.space, chunk, archs, score(ctx.metrics, flat))
+        if slow:  # arch i of every slot side by side: a timing chunk then holds variants of one base arch
+            order = np.arange(len(flat)).reshape(len(chunk), n).T.ravel()
+            vals = score(ctx.metrics, [flat[j] for j in order])
+            vals = {k: v[np.argsort(order)] for k, v in vals.items()}
+        else:
+            vals = score(ctx.metrics, flat)
+        df = samples_frame(ctx.space, chunk, archs, vals)
         store.save(chunk[0].index, df)
         frames.append(df)
     if resumed:
