@@ -20,8 +20,13 @@ register()
 OmegaConf.register_new_resolver("bp.suffix", lambda s: f"-{s}" if s else "", replace=True)
 
 
+_job_started = False
+
+
 @hydra.main(version_base="1.3", config_path="pkg://blockprof.conf", config_name="config")
 def _hydra_main(cfg):
+    global _job_started
+    _job_started = True
     from blockprof.app.main import main_entry  # imported late: `--help` and completion stay fast
     return main_entry(cfg)
 
@@ -42,6 +47,9 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs below
         from blockprof.app.errors import one_line_user_error
         line = one_line_user_error(exc)
+        if line is None and not _job_started and str(exc).strip():
+            # raised while Hydra read the command line, before any job: the command line's fault
+            line = f"cannot use the command line: {str(exc).strip().splitlines()[0]}"
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)

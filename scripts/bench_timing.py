@@ -8,7 +8,8 @@ A seeded random set of slots (default 20 of mbv3's 180) with N archs each (plus 
 random baseline) is profiled twice with `python run.py task=profile device=<device>
 metric.names=[latency]`, i.e. through the measured-latency metric and its protocol
 (the device's settings: fixed threads, CPU clock, interleaved rounds over chunks,
-reference subnets per round, median). The baseline is the loop the metric used before:
+reference subnets per round, median; the profile hands the slots over arch-major, so a
+timing chunk holds the variants of one base arch). The baseline is the loop the metric used before:
 each subnet built, warmed up 3x and timed 10x back to back with the wall clock, median.
 Both passes of both methods see the same archs.
 

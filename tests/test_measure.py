@@ -169,7 +169,7 @@ def test_engine_device_measures_and_feeds_a_few_shot_predictor(cfg_factory, tmp_
 
 
 # ------------------------------------------------------------------ devices side by side
-def _summary(values: dict) -> "pd.DataFrame":
+def _summary(values: dict):
     import pandas as pd
     rows = [{"group": 0, "slot": "random", "unit": None, "layer": None, "block": "random", "resolution": None,
              "n": 4, "latency_mean": 10.0}]

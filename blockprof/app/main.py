@@ -20,19 +20,20 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from blockprof.app.errors import one_line_user_error
 from blockprof.app.metric_factory import build_metrics, check_metric_config
 from blockprof.app.schema import unknown_keys
 from blockprof.app.task import Task
 from blockprof.common.errors import UserError
 from blockprof.core.space import DesignSpace
-from blockprof.infra.tracking import resolve_output_root, track_run
+from blockprof.infra.tracking import RUN_LOCK, claim_run_dir, resolve_output_root, track_run
 from blockprof.metrics.base import Metric
 
 log = logging.getLogger(__name__)
 GROUPS = ("space", "device", "metric", "task", "tracking")
 SPACE_APP_KEYS = ("hv_reference",)
 # files Hydra and logging put in every run folder: a folder holding only these is empty
-_NO_VALUE = {".hydra", "run.log"}
+_NO_VALUE = {".hydra", "run.log", "config.yaml", "tracking.json", RUN_LOCK}
 MAX_EXPERIMENT_NAME = 256  # MLflow stores experiment names in a 256-character column
 
 
@@ -154,13 +155,34 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> Outcome:
     if task.needs_metrics:
         ctx.metrics
     task.validate(ctx)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with track_run(cfg, run_dir, task=str(cfg.task.name), groups=task.groups) as tracker:
-        result = task.run(ctx, tracker)
-        outcome = Outcome(task, result)
-        if outcome.objective is not None:
-            tracker.log_metrics({f"objective.{cfg.task.objective}": outcome.objective})
+    # only now is the folder taken (refused when another live run or another task's run
+    # holds it) and written to
+    claim = claim_run_dir(run_dir, str(cfg.task.name))
+    try:
+        _save_hydra_files(cfg, run_dir)
+        with track_run(cfg, run_dir, task=str(cfg.task.name), groups=task.groups) as tracker:
+            result = task.run(ctx, tracker)
+            outcome = Outcome(task, result)
+            if outcome.objective is not None:
+                tracker.log_metrics({f"objective.{cfg.task.objective}": outcome.objective})
+    finally:
+        claim.release()
     return outcome
+
+
+def _save_hydra_files(cfg: DictConfig, run_dir: Path) -> None:
+    """What Hydra writes to `<run>/.hydra` (`hydra.output_subdir` is null in conf/config.yaml
+    so that Hydra cannot overwrite another run's files before the folder is claimed)."""
+    from hydra.core.hydra_config import HydraConfig
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    out = run_dir / ".hydra"
+    out.mkdir(exist_ok=True)
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    OmegaConf.save(job, out / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": OmegaConf.to_container(hc, resolve=False)}), out / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(hc.overrides.task)), out / "overrides.yaml")
 
 
 def execute(cfg: DictConfig, run_dir: Path | None = None):
@@ -171,12 +193,17 @@ def execute(cfg: DictConfig, run_dir: Path | None = None):
 def main_entry(cfg: DictConfig) -> float | None:
     """Hydra's job function: returns the task's objective (for sweepers such as Optuna);
     user errors end in one line and a non-zero exit."""
+    run_dir = run_dir_of(cfg)
+    fresh = not (run_dir.is_dir() and any(run_dir.iterdir()))  # Hydra just made it (not a resume)
     try:
-        outcome = run(cfg)
-    except UserError as exc:
-        _remove_if_empty(run_dir_of(cfg))
-        from blockprof.app.errors import one_line_user_error
-        print(f"error: {one_line_user_error(exc)}", file=sys.stderr)
+        outcome = run(cfg, run_dir)
+    except (UserError, OSError) as exc:
+        line = one_line_user_error(exc)  # an OSError naming a file is the file system's answer, not a bug
+        if line is None:
+            raise
+        if fresh:
+            _remove_if_empty(run_dir)
+        print(f"error: {line}", file=sys.stderr)
         if _in_multirun():
             raise  # let the sweep record this job as failed and go on
         sys.exit(2)
@@ -191,9 +218,13 @@ def _remove_if_empty(run_dir: Path) -> None:
         if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _NO_VALUE:
             logging.shutdown()  # close run.log before removing it
             shutil.rmtree(run_dir, ignore_errors=True)
-            parent = run_dir.parent  # and the per-(space, device) folder if this run made it
-            if parent.is_dir() and not any(parent.iterdir()):
+            # and the folders above it that this run made (runs/<task>/<space>-<device>/)
+            parent = run_dir.parent
+            for _ in range(3):
+                if not parent.is_dir() or any(parent.iterdir()) or parent.name in ("multirun",):
+                    break
                 parent.rmdir()
+                parent = parent.parent
     except OSError:
         pass
 
