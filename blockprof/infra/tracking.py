@@ -571,3 +571,31 @@ def track_run(cfg: DictConfig, run_dir: Path, task: str, tags: dict | None = Non
     """``with track_run(cfg, run_dir, "profile") as tr: tr.log_metrics(...)``; ``groups``:
     the config groups the task reads (only those are logged as params)."""
     return RunTracker(cfg, run_dir, task, tags=tags, nested=nested, groups=groups)
+
+
+def fetch_run_csv(cfg: DictConfig, run_id: str, name: str):
+    """A CSV artifact (first match of `name` anywhere among the run's artifacts) of an MLflow
+    run in this config's store, as (DataFrame, where it came from); one-line errors."""
+    import tempfile
+
+    import pandas as pd
+    uri, _ = _store(cfg)
+    try:
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(tracking_uri=uri)
+        client.get_run(run_id)
+        paths, todo = [], [None]
+        while todo:
+            for f in client.list_artifacts(run_id, todo.pop()):
+                (todo.append(f.path) if f.is_dir else paths.append(f.path))
+        hits = sorted((p for p in paths if p.split("/")[-1] == name), key=lambda p: (p.count("/"), p))
+        if not hits:
+            raise UserError(f"MLflow run {run_id} has no {name} artifact (is it a task=profile run?)")
+        with tempfile.TemporaryDirectory() as tmp:
+            local = client.download_artifacts(run_id, hits[0], tmp)
+            df = pd.read_csv(local)
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"cannot fetch {name} of MLflow run {run_id} from {uri}: {' '.join(str(exc).split())[:200]}") from None
+    return df, f"mlflow run {run_id}"

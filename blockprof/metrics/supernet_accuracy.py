@@ -15,6 +15,8 @@ recorded in every memo row's fingerprint instead of being verified.
 """
 from __future__ import annotations
 
+import logging
+
 import csv
 import functools
 import hashlib
@@ -43,6 +45,8 @@ from blockprof.metrics.imagenet import (
 from blockprof.metrics.base import Metric
 from blockprof.common.progress import progress
 from blockprof.core.space import Arch, DesignSpace
+
+log = logging.getLogger(__name__)
 
 OFA_NETS_URL = "https://raw.githubusercontent.com/han-cai/files/master/ofa/ofa_nets/"
 RESNET50_DRIVE_ID = "1xy6VIPEHXqbbqNu3xEZUxhp5FbTVs5cQ"  # OFA's model zoo fetches ofa_resnet50 from Google Drive
@@ -87,7 +91,7 @@ def _download(ck: Checkpoint, dest: Path) -> None:
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     os.close(fd)
     try:
-        print(f"downloading {ck.supernet} from {ck.url} -> {dest}", file=sys.stderr)
+        log.info(f"downloading {ck.supernet} from {ck.url} -> {dest}")
         if ck.drive_id:  # Google Drive's large-file confirmation page: gdown handles it
             import gdown
             if gdown.download(id=ck.drive_id, output=tmp, quiet=False) is None:
@@ -281,13 +285,12 @@ class SupernetAccuracy(Metric):
         self._calib: dict[int, torch.Tensor] = {}
         self._fingerprints: dict[int, str] = {}
         self._val_sources: dict = {}
-        print(f"note: supernet accuracy: {space.supernet} from {self.checkpoint} (sha256 "
+        log.info(f"supernet accuracy: {space.supernet} from {self.checkpoint} (sha256 "
               f"{self.checkpoint_sha256[:16]}, no published checksum to verify against), BN calibration on "
-              f"{self.calib_images} train images, device {self.device}", file=sys.stderr)
+              f"{self.calib_images} train images, device {self.device}")
         if len(self.classes) != NET_CLASSES:
-            print(f"note: {self.train_dir} has {len(self.classes)} classes, not {NET_CLASSES}: labels are indices "
-                  "into the sorted class folders and match the network's ImageNet classes only with all 1000",
-                  file=sys.stderr)
+            log.warning(f"{self.train_dir} has {len(self.classes)} classes, not {NET_CLASSES}: labels are indices "
+                        "into the sorted class folders and match the network's ImageNet classes only with all 1000")
 
     @classmethod
     def from_config(cls, cfg, space: DesignSpace) -> "SupernetAccuracy":

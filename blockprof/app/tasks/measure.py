@@ -23,6 +23,8 @@ timings (references included, as negative net_ids) are kept in
 """
 from __future__ import annotations
 
+import logging
+
 import csv
 import json
 import os
@@ -42,6 +44,8 @@ from blockprof.common.progress import progress
 from blockprof.core.space import Arch, DesignSpace
 from blockprof.infra.tracking import resolve_path
 from blockprof.app.task import Task
+
+log = logging.getLogger(__name__)
 
 
 def sample_archs(space: DesignSpace, base_seed: int, n: int, resolution: int | None = None) -> list[Arch]:
@@ -128,9 +132,8 @@ def run(ctx, tracker):
     _write_json(mpath, meta)
     tracker.set_tags({f"machine.{k}": v for k, v in info.items()})
     tracker.log_params({f"protocol.{k}": v for k, v in asdict(proto).items()})
-    print(f"measure: {len(todo)} of {n} archs to time with {engine_name} on {info['cpu']} "
-          f"({proto.threads} thread(s)) -> {csv_path}",
-          flush=True)
+    log.info(f"measure: {len(todo)} of {n} archs to time with {engine_name} on {info['cpu']} "
+             f"({proto.threads} thread(s)) -> {csv_path}")
 
     rng = np.random.default_rng([base_seed, 2, len(writer.done_ids)])
     rpath = rounds_path(csv_path)
@@ -188,12 +191,12 @@ def run(ctx, tracker):
     _write_json(mpath, meta)
     if retest:
         tracker.log_metrics({k: v for k, v in retest.items() if isinstance(v, (int, float))})
-        print(f"measure: test-retest on {retest['retest_n']:.0f} archs: MAPE {retest['retest_mape']:.2f} %, "
-              f"{retest['retest_within10']:.1f} % within +-10 %", flush=True)
+        log.info(f"measure: test-retest on {retest['retest_n']:.0f} archs: MAPE {retest['retest_mape']:.2f} %, "
+              f"{retest['retest_within10']:.1f} % within +-10 %")
     tracker.log_metrics({"rows": len(writer.done_ids), "seconds": time.time() - t0})
     tracker.log_artifact(mpath)
     tracker.log_artifact(csv_path)
-    print(f"measure: {len(writer.done_ids)} rows in {csv_path}")
+    log.info(f"measure: {len(writer.done_ids)} rows in {csv_path}")
     return {"csv": csv_path, "meta": meta}
 
 

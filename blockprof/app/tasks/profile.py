@@ -18,6 +18,8 @@ from blockprof.app.profiling import (BASELINE, ChunkStore, base_archs, baseline_
 from blockprof.common.progress import progress
 from blockprof.app.task import Task
 
+log = logging.getLogger(__name__)
+
 logger = logging.getLogger(__name__)
 
 
@@ -97,12 +99,12 @@ def run(ctx, tracker):
         store.save(chunk[0].index, df)
         frames.append(df)
     if resumed:
-        print(f"resumed: {resumed} of {len(chunks)} chunks were already profiled in {ctx.run_dir}")
+        log.info(f"resumed: {resumed} of {len(chunks)} chunks were already profiled in {ctx.run_dir}")
 
     samples = pd.concat(frames, ignore_index=True)
     summary = write_outputs(ctx, tracker, groups, samples)
     tracker.set_tags({"shard": f"{cfg.task.shard_index}/{cfg.task.num_shards}"} if cfg.task.num_shards > 1 else {})
-    print(f"profiled {len(groups) - 1} slot groups x {n} archs (+ baseline) -> {ctx.run_dir}")
+    log.info(f"profiled {len(groups) - 1} slot groups x {n} archs (+ baseline) -> {ctx.run_dir}")
     return summary
 
 

@@ -19,7 +19,9 @@ strategies: their current top archs), insight_space.yaml, front.png.
 """
 from __future__ import annotations
 
+import logging
 import math
+from dataclasses import dataclass
 import time
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from blockprof.common.errors import UserError
 from blockprof.common.fileio import atomic_write_text
+from blockprof.infra.tracking import fetch_run_csv
 from blockprof.search.checkpoint import Checkpoint
 from blockprof.search.evaluator import Evaluator
 from blockprof.search.family import family_ops
@@ -41,6 +44,7 @@ from blockprof.search.runner import SearchRunner
 from blockprof.search.strategies import ACCURACY, STRATEGIES, Strategy
 from blockprof.app.task import Task
 
+log = logging.getLogger(__name__)
 COSTS = ("latency", "mmacs", "params_m")
 
 
@@ -95,30 +99,69 @@ def _clean(m: dict) -> dict:
     return {k: float(v) for k, v in m.items() if k != "iteration" and v is not None and math.isfinite(float(v))}
 
 
-def validate(ctx) -> None:
-    """Called by the app before the MLflow run opens: strategy options and objectives."""
-    _, scfg = strategy_config(ctx.cfg.search)
-    objectives(ctx, scfg.cost)
+@dataclass
+class Prepared:
+    """Everything a search needs, built (and so checked) before the run folder is used."""
+    cls: type
+    scfg: object
+    cost: str
+    work: Path
+    ckpt: Checkpoint
+    profile: object
+    strategy: Strategy
+    runner: SearchRunner
 
 
-def run(ctx, tracker):
+def prepare(ctx) -> Prepared:
+    """Strategy options, objectives, the insight space, the strategy and any checkpoint to
+    resume from: every user error here ends the run before anything is written."""
     cfg, space = ctx.cfg, ctx.space
     cls, scfg = strategy_config(cfg.search)
     cost = objectives(ctx, scfg.cost)
+    _fill_hv_reference(cfg, scfg, cost)
+    if int(scfg.budget) < 1:
+        raise UserError(f"search.budget must be >= 1 unique evaluation, not {scfg.budget}")
     resume_dir = cfg.task.get("resume_dir")
     work = Path(to_absolute_path(str(resume_dir))) if resume_dir else Path(ctx.run_dir)
-    for m in ctx.metrics.values():  # memoising metrics (supernet accuracy) keep their memo with the checkpoint
-        m.bind_run_dir(work)
     ckpt = Checkpoint(work, durable=bool(cfg.task.get("fsync", True)))
     if resume_dir and not ckpt.exists():
         raise UserError(f"task.resume_dir {work} holds no search checkpoint ({ckpt.state_path} is missing)")
-
+    fetch = (lambda run_id: fetch_run_csv(cfg, run_id, "summary.csv")) if cfg.tracking.backend != "none" else None
     profile = load_insight(space, scfg.insight, ctx.rng, profile_run=scfg.profile_run, rule=scfg.from_profile,
-                           cost=cost, cfg=cfg)
-    ops = family_ops(space)
+                           cost=cost, fetch_run_summary=fetch)
     mutator = Mutator(space, profile, scfg.resolutions, getattr(scfg, "resolution_mutate_prob", 0.25))
     evaluator = Evaluator(ctx.metrics, cost)
     strategy = cls(scfg, mutator, evaluator, ctx.rng)
+    runner = SearchRunner(strategy, ckpt, ctx.rng, fingerprint(cfg, profile.to_dict(family_ops(space))))
+    runner.check_resumable()
+    return Prepared(cls, scfg, cost, work, ckpt, profile, strategy, runner)
+
+
+def _fill_hv_reference(cfg, scfg, cost: str) -> None:
+    """Unset hypervolume references come from the space (accuracy, MACs, params) and the
+    device (latency), so every search of a space is measured against one point."""
+    ref = dict(scfg.hv_reference or {})
+    space_ref = cfg.space.get("hv_reference") or {}
+    for key in ("accuracy", cost):
+        if ref.get(key) is None:
+            value = cfg.device.latency.get("hv_reference") if key == "latency" else space_ref.get(key)
+            if value is not None:
+                ref[key] = float(value)
+    if any(ref.get(k) is None for k in ("accuracy", cost)):
+        log.warning("no hypervolume reference for %s on %s/%s: taken from this run's initial set, so "
+                    "hypervolumes of different runs do not compare (set search.hv_reference.%s)",
+                    cost, cfg.space.name, cfg.device.name, cost)
+    scfg.hv_reference = ref
+
+
+def run(ctx, tracker, prepared: Prepared | None = None):
+    cfg, space = ctx.cfg, ctx.space
+    p = prepared or prepare(ctx)
+    scfg, cost, work, profile, strategy = p.scfg, p.cost, p.work, p.profile, p.strategy
+    for m in ctx.metrics.values():  # memoising metrics (supernet accuracy) keep their memo with the checkpoint
+        m.bind_run_dir(work)
+    ops = family_ops(space)
+    evaluator = strategy.ev
 
     insight_path = atomic_write_text(work / "insight_space.yaml", profile.to_yaml(ops))
     tracker.log_artifact(insight_path)
@@ -126,8 +169,8 @@ def run(ctx, tracker):
                       **{f"unit.{k}": m.unit for k, m in ctx.metrics.items()}})
 
     t0 = time.perf_counter()
-    runner = SearchRunner(strategy, ckpt, ctx.rng, fingerprint(cfg, profile.to_dict(ops)),
-                          on_iteration=lambda it, m: tracker.log_metrics(_clean(m), step=it))
+    runner = p.runner
+    runner.on_iteration = lambda it, m: tracker.log_metrics(_clean(m), step=it)
     result = runner.run()
     wall = time.perf_counter() - t0
     if result.resumed_from is not None:
@@ -157,7 +200,7 @@ def run(ctx, tracker):
     tracker.log_metrics({"wall_s": wall})
     under = ", ".join(f"{lim:g}: {last[k]:.2f}" if math.isfinite(last[k]) else f"{lim:g}: -"
                       for lim, k in ((lim, f"best_acc_{cost}_le_{lim:g}") for lim in strategy.limits))
-    print(f"search {scfg.name} (insight {profile.name}) on {space.name}/{cfg.device.name}: "
+    log.info(f"search {scfg.name} (insight {profile.name}) on {space.name}/{cfg.device.name}: "
           f"{evaluator.evaluations} evaluations in {result.iteration} iterations ({result.stop_reason}"
           f"{', resumed at iteration %d' % result.resumed_from if result.resumed_from is not None else ''}); "
           f"front {int(last['front_size'])} archs, hypervolume {last['hypervolume']:.4g}; "
@@ -214,10 +257,10 @@ class SearchTask(Task):
     groups = ("space", "device", "metric", "search")
 
     def validate(self, ctx) -> None:
-        validate(ctx)
+        self._prepared = prepare(ctx)
 
     def run(self, ctx, tracker):
-        return run(ctx, tracker)
+        return run(ctx, tracker, getattr(self, "_prepared", None))
 
     def objective_value(self, result) -> float | None:
         last = result["history"][-1] if result.get("history") else {}

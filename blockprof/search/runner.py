@@ -65,7 +65,7 @@ class SearchRunner:
         frame["measures"] = measures
         self.ckpt.commit(frame, state)
 
-    def _resume(self) -> tuple[int, int, str | None, list[dict]]:
+    def _load_checked(self) -> tuple[dict, list[dict]]:
         try:
             state, frames = self.ckpt.load()
         except (ValueError, KeyError, OSError) as exc:
@@ -75,6 +75,16 @@ class SearchRunner:
             diff = _diff_keys(state["fingerprint"], self.fingerprint)
             raise UserError(f"run folder {self.ckpt.dir.parent} holds a checkpoint of a different search "
                             f"(differs in: {', '.join(diff[:6])}); rerun with the same config or use a new folder")
+        return state, frames
+
+    def check_resumable(self) -> None:
+        """A checkpoint in the folder is readable and of this search (UserError if not),
+        checked before the run starts."""
+        if self.ckpt.exists():
+            self._load_checked()
+
+    def _resume(self) -> tuple[int, int, str | None, list[dict]]:
+        state, frames = self._load_checked()
         for fr in frames:
             self.s.ev.apply_frame(fr)
         self.s.ev.queries = int(state["queries"])

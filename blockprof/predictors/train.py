@@ -5,6 +5,8 @@ predictor device whose checkpoint is missing (trained on demand).
 """
 from __future__ import annotations
 
+import logging
+
 import copy
 import dataclasses
 import math
@@ -22,6 +24,8 @@ from blockprof.common.fileio import sha256_file
 from blockprof.core.space import Arch, DesignSpace
 from blockprof.predictors.features import OpGraphFeaturizer
 from blockprof.predictors.models import MODEL_KINDS, AdditiveModel, LatencyModel, TorchLatencyModel, build_model
+
+log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "blockprof.latency_predictor"
 CHECKPOINT_VERSION = 1
 
@@ -303,15 +307,15 @@ def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str,
     pick = lambda idx: [archs[i] for i in idx]  # noqa: E731
     tracker.log_params({f"train.{k}": v for k, v in opts.hparams().items()})
     tracker.set_tags({"model": opts.model, "csv": str(csv_path)})
-    print(f"train_predictor: {opts.model} on {len(recs)} archs of {csv_path.name} "
-          f"(train {len(tr)} / dev {len(dv)} / test {len(te)})", flush=True)
+    log.info(f"train_predictor: {opts.model} on {len(recs)} archs of {csv_path.name} "
+          f"(train {len(tr)} / dev {len(dv)} / test {len(te)})")
 
     def on_epoch(epoch, m):
         tracker.log_metrics(m, step=epoch)
 
     if init_info:
         tracker.set_tags({"init_from": init_info["checkpoint"], "init_device": str(init_info["device"])})
-        print(f"train_predictor: fine-tuning from {init_from} (device {init_info['device']})", flush=True)
+        log.info(f"train_predictor: fine-tuning from {init_from} (device {init_info['device']})")
     model, info = fit_model(space, opts, (pick(tr), y[tr]), (pick(dv), y[dv]), seed=seed, on_epoch=on_epoch,
                             init=init)
     pred = model.predict(archs)
@@ -342,6 +346,6 @@ def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str,
     import matplotlib.pyplot as plt
     plt.close(fig)
     tracker.log_artifact(ckpt_path, "checkpoint")
-    print(f"train_predictor: test MAPE {test['mape']:.2f} %, Spearman {test['spearman']:.3f}, "
-          f"within +-10 % {test['within10']:.1f} % -> {ckpt_path}", flush=True)
+    log.info(f"train_predictor: test MAPE {test['mape']:.2f} %, Spearman {test['spearman']:.3f}, "
+          f"within +-10 % {test['within10']:.1f} % -> {ckpt_path}")
     return {"model": model, "test": test, "report": report, "checkpoint": ckpt_path, "info": info}

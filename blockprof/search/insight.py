@@ -21,10 +21,9 @@ import logging
 
 import math
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -200,15 +199,18 @@ class FromProfileRule:
 
 
 def load_insight(space: DesignSpace, name: str, rng: np.random.Generator, *, profile_run: str | None = None,
-                 rule: FromProfileRule | None = None, cost: str = "latency", cfg=None) -> InsightProfile:
-    """The profile `search.insight` names (see the module docstring)."""
+                 rule: FromProfileRule | None = None, cost: str = "latency",
+                 fetch_run_summary: Callable[[str], tuple[pd.DataFrame, str]] | None = None) -> InsightProfile:
+    """The profile `search.insight` names (see the module docstring). `fetch_run_summary`
+    reads a profile run's summary.csv from MLflow, given its run id (the app passes one
+    bound to this run's tracking store)."""
     ops = family_ops(space)
     name = str(name)
     if name == "from_profile":
         if not profile_run:
             raise UserError("search.insight=from_profile needs search.profile_run "
                             "(a profile run folder, its summary.csv, or its MLflow run id)")
-        df, source = read_profile_summary(str(profile_run), cfg)
+        df, source = read_profile_summary(str(profile_run), fetch_run_summary)
         return derive_from_summary(space, df, cost=cost, rule=rule or FromProfileRule(), source=source, ops=ops)
     if name.endswith((".yaml", ".yml")) or "/" in name:
         path = Path(name).expanduser()
@@ -221,7 +223,7 @@ def load_insight(space: DesignSpace, name: str, rng: np.random.Generator, *, pro
 
 
 # ------------------------------------------------------------------ from a profile run
-def read_profile_summary(source: str, cfg=None) -> tuple[pd.DataFrame, str]:
+def read_profile_summary(source: str, fetch_run_summary=None) -> tuple[pd.DataFrame, str]:
     """`summary.csv` of a profile run: its folder, the file itself, or an MLflow run id."""
     path = Path(source).expanduser()
     if path.is_dir():
@@ -231,8 +233,17 @@ def read_profile_summary(source: str, cfg=None) -> tuple[pd.DataFrame, str]:
     if path.is_file():
         return _read_csv(path), str(path)
     if _RUN_ID.match(source):
-        return _summary_from_mlflow(source, cfg)
+        if fetch_run_summary is None:
+            raise UserError(f"search.profile_run '{source}' looks like an MLflow run id, but this run has no tracking store")
+        df, where = fetch_run_summary(source)
+        return _check_frame(df, where), where
     raise UserError(f"search.profile_run '{source}' is neither a profile run folder, a summary.csv, nor an MLflow run id")
+
+
+def _check_frame(df, where: str) -> pd.DataFrame:
+    if not isinstance(df, pd.DataFrame):
+        raise UserError(f"cannot read profile summary {where}")
+    return df
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
@@ -240,32 +251,6 @@ def _read_csv(path: Path) -> pd.DataFrame:
         return pd.read_csv(path)
     except Exception as exc:  # malformed file: the user's to fix
         raise UserError(f"cannot read profile summary {path}: {' '.join(str(exc).split())[:200]}") from None
-
-
-def _summary_from_mlflow(run_id: str, cfg) -> tuple[pd.DataFrame, str]:
-    if cfg is None:
-        raise UserError(f"search.profile_run '{run_id}' looks like an MLflow run id, but no tracking config was given")
-    from blockprof.infra.tracking import _store  # the same store this run tracks to
-    uri, _ = _store(cfg)
-    try:
-        from mlflow.tracking import MlflowClient
-        client = MlflowClient(tracking_uri=uri)
-        client.get_run(run_id)
-        paths, todo = [], [None]
-        while todo:  # find summary.csv anywhere among the run's artifacts
-            for f in client.list_artifacts(run_id, todo.pop()):
-                (todo.append(f.path) if f.is_dir else paths.append(f.path))
-        hits = sorted((p for p in paths if p.split("/")[-1] == "summary.csv"), key=lambda p: (p.count("/"), p))
-        if not hits:
-            raise UserError(f"MLflow run {run_id} has no summary.csv artifact (is it a task=profile run?)")
-        with tempfile.TemporaryDirectory() as tmp:
-            local = client.download_artifacts(run_id, hits[0], tmp)
-            df = _read_csv(Path(local))
-    except UserError:
-        raise
-    except Exception as exc:
-        raise UserError(f"cannot fetch summary.csv of MLflow run {run_id} from {uri}: {' '.join(str(exc).split())[:200]}") from None
-    return df, f"mlflow run {run_id}"
 
 
 def _int(v, what: str, source: str, row: int) -> int:
