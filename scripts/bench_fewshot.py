@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:  # run as a script from a clone without installing
     sys.path.insert(0, str(ROOT))
 
 from blockprof.core.latency_csv import read_latency_csv  # noqa: E402
-from blockprof.core.space import build_space  # noqa: E402
+from blockprof.core.registry import build_space  # noqa: E402
 from blockprof.predictors.features import OpGraphFeaturizer  # noqa: E402
 from blockprof.predictors.report import fidelity  # noqa: E402
 from blockprof.predictors.train import TrainOptions, fit_model  # noqa: E402

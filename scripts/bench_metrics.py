@@ -29,7 +29,8 @@ import torch
 import yaml
 
 from blockprof.common.assets import resolve_asset
-from blockprof.core.space import SlotEncoding, build_space
+from blockprof.core.space import SlotEncoding
+from blockprof.core.registry import build_space
 from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
 from blockprof.metrics.analytic import mmacs_metric, params_metric
 from blockprof.metrics.lut import note10_latency

@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:  # run as a script from a clone without installing
 
 from blockprof.core.latency_csv import read_latency_csv, write_latency_csv  # noqa: E402
 from blockprof.metrics.lut import note10_latency  # noqa: E402
-from blockprof.core.space import build_space  # noqa: E402
+from blockprof.core.registry import build_space  # noqa: E402
 from blockprof.predictors.features import OpGraphFeaturizer  # noqa: E402
 from blockprof.predictors.models import MODEL_KINDS  # noqa: E402
 from blockprof.predictors.report import fidelity  # noqa: E402

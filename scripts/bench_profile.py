@@ -41,7 +41,7 @@ from blockprof.app.main import execute  # noqa: E402
 from blockprof.app.profiling import base_archs, group_archs, make_groups, samples_frame, summarise  # noqa: E402
 from blockprof.app.tasks import profile as profile_task  # noqa: E402
 from blockprof.common.fileio import write_csv  # noqa: E402
-from blockprof.core.space import build_space  # noqa: E402
+from blockprof.core.registry import build_space  # noqa: E402
 from blockprof.infra import plots  # noqa: E402
 from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor  # noqa: E402
 from blockprof.metrics.analytic import mmacs_metric, params_metric  # noqa: E402

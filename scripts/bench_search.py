@@ -62,7 +62,7 @@ def _worker_init() -> None:
     import torch
     torch.set_num_threads(1)  # one worker per core; threads inside a worker only contend
     logging.disable(logging.WARNING)
-    from blockprof.core.space import build_space
+    from blockprof.core.registry import build_space
     from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
     from blockprof.metrics.lut import note10_latency
     space = build_space("mbv3")

@@ -36,7 +36,7 @@ import torch
 from scipy.stats import spearmanr
 
 from blockprof.app.profiling import base_archs, group_archs, make_groups
-from blockprof.core.space import build_space
+from blockprof.core.registry import build_space
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "scripts" / "results"

@@ -23,7 +23,7 @@ import torch
 
 from blockprof.metrics.imagenet import preprocess_val, write_synthetic_imagefolder
 from blockprof.metrics.measured import MeasuredLatency, machine_info
-from blockprof.core.space import build_space
+from blockprof.core.registry import build_space
 from blockprof.metrics.supernet_accuracy import CHECKPOINTS, SupernetAccuracy, save_ofa_checkpoint
 
 N_CLASSES = 10

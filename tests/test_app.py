@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 from blockprof.app.main import execute
 from blockprof.common.errors import UserError
 from blockprof.core.latency_csv import write_latency_csv
-from blockprof.core.space import build_space
+from blockprof.core.registry import build_space
 
 from conftest import REPO, run_cli
 

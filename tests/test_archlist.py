@@ -10,7 +10,7 @@ from blockprof.app.main import execute
 from blockprof.common.errors import UserError
 from blockprof.core.archlist import read_arch_list, read_archs
 from blockprof.core.latency_csv import write_latency_csv
-from blockprof.core.space import build_space
+from blockprof.core.registry import build_space
 from conftest import compose
 
 NOTE10 = ["space=mbv3", "device=note10", "tracking=none"]

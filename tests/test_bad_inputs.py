@@ -152,7 +152,7 @@ def kit(tmp_path_factory):
     """Inputs the cases damage copies of: a latency CSV, a trained predictor, a search run
     with a checkpoint, a profile run."""
     from blockprof.core.latency_csv import write_latency_csv
-    from blockprof.core.space import build_space
+    from blockprof.core.registry import build_space
 
     d = tmp_path_factory.mktemp("kit")
     space = build_space("mbv3")
@@ -285,7 +285,7 @@ def _full_lists(tmp, res):
     """A 1-slot profile says nothing to cut a unit's candidates to min_candidates=2 with: every
     unit keeps the full space's list, and the run says so."""
     import yaml
-    from blockprof.core.space import build_space
+    from blockprof.core.registry import build_space
     from blockprof.search.insight import named_profile
     got = yaml.safe_load((tmp / "run" / "insight_space.yaml").read_text())
     full = named_profile(build_space("mbv3"), "full")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from blockprof.common.errors import UserError
-from blockprof.core.space import build_space
+from blockprof.core.registry import build_space
 from blockprof.metrics.engines import OpenVinoEngine, OrtEngine, TorchEngine, make_engine, onnx_path
 from blockprof.metrics.measured import MeasuredLatency
 

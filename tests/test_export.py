@@ -15,7 +15,7 @@ import torch
 from blockprof.app.main import execute
 from blockprof.common.errors import UserError
 from blockprof.core.latency_csv import HEADER, read_latency_csv
-from blockprof.core.space import build_space
+from blockprof.core.registry import build_space
 from blockprof.predictors.train import load_checkpoint
 from conftest import REPO, compose, run_cli
 

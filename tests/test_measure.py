@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from blockprof.app.main import execute
 from blockprof.common.errors import UserError
 from blockprof.core.latency_csv import HEADER, read_latency_csv
-from blockprof.core.space import build_space
+from blockprof.core.registry import build_space
 from blockprof.app.tasks.measure import meta_path, rounds_path, sample_archs
 
 TINY = ["task=measure", "space=mbv3", "device=local_cpu", "space.resolutions=[160]", "task.warmup=0",

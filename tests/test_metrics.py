@@ -10,7 +10,7 @@ from blockprof.metrics.measured import MeasuredLatency
 from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
 from blockprof.metrics.lut import ProxylessMobileLatency, lookup_table_latency, note10_latency
 from blockprof.metrics.analytic import mmacs_metric, params_metric
-from blockprof.core.space import build_space
+from blockprof.core.registry import build_space
 
 from conftest import SHARED_ASSETS
 

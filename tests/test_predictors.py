@@ -17,7 +17,7 @@ from blockprof.core.latency_csv import write_latency_csv
 from blockprof.core.layers import layer_macs
 from blockprof.app.metric_factory import build_metrics
 from blockprof.metrics.lut import note10_latency
-from blockprof.core.space import build_space
+from blockprof.core.registry import build_space
 from blockprof.predictors.features import NUMERIC, OpGraphFeaturizer
 from blockprof.predictors.latency import SEED_DATA_URL, PredictedLatency
 from blockprof.predictors.models import build_model

@@ -22,7 +22,8 @@ from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
 from blockprof.metrics.analytic import mmacs_metric
 from blockprof.metrics.lut import note10_latency
 from blockprof.metrics.base import score
-from blockprof.core.space import Arch, build_space
+from blockprof.core.space import Arch
+from blockprof.core.registry import build_space
 from blockprof.infra.tracking import track_run
 from blockprof.search.checkpoint import Checkpoint
 from blockprof.search.evaluator import Evaluator

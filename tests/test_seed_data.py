@@ -15,7 +15,7 @@ from blockprof.app.latency_data import SEED_DATA_ENV, fetch_seed_csv
 from blockprof.app.main import execute
 from blockprof.common.errors import UserError
 from blockprof.common.fileio import sha256_file
-from blockprof.core.space import build_space
+from blockprof.core.registry import build_space
 from blockprof.metrics.lut import note10_latency
 from blockprof.predictors.latency import SEED_DATA_URL
 from blockprof.predictors.train import load_checkpoint

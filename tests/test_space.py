@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from blockprof.common.errors import UserError
-from blockprof.core.space import Arch, Slot, build_space
+from blockprof.core.space import Arch, Slot
+from blockprof.core.registry import build_space
 
 SPACES = ["mbv3", "mbv3_w10", "pn", "resnet50"]
 

@@ -13,7 +13,7 @@ import torch
 from blockprof.app.main import execute
 from blockprof.common.errors import UserError
 from blockprof.metrics.imagenet import FastVal, FolderVal, normalize, scan_split, write_synthetic_imagefolder
-from blockprof.core.space import build_space
+from blockprof.core.registry import build_space
 from blockprof.metrics.supernet_accuracy import (
     CHECKPOINTS, MEMO_NAME, SupernetAccuracy, load_supernet, read_memo, resolve_checkpoint,
     save_ofa_checkpoint, set_running_statistics,

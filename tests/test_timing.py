@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from blockprof.common.errors import UserError
-from blockprof.core.space import build_space
+from blockprof.core.registry import build_space
 from blockprof.metrics.measured import MeasuredLatency
 from blockprof.metrics.timing import ChunkTimer, Protocol, normalise_rounds, reference_archs, time_runs
 

@@ -186,7 +186,7 @@ class TrainOnFirstUse(Metric):
 
 
 def _fallback_run_dir(cfg) -> Path:
-    from blockprof.app.main import run_dir_of
+    from blockprof.app.rundir import run_dir_of
     return run_dir_of(cfg)
 
 

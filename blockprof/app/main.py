@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from blockprof.app.errors import one_line_user_error
 from blockprof.app.metric_factory import build_metrics, check_metric_config
+from blockprof.app.rundir import run_dir_of
 from blockprof.app.schema import unknown_keys
 from blockprof.app.task import Task
 from blockprof.common.errors import UserError
@@ -119,17 +120,6 @@ def check_writable(path: Path, what: str) -> None:
         raise UserError(f"{what} {path} lies inside {probe}, which is a file, not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UserError(f"{what} {path} is not writable ({probe} refuses writes); pick another folder")
-
-
-def run_dir_of(cfg: DictConfig) -> Path:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:  # composed outside a Hydra app (tests, the Python API): a fresh folder under output_root
-        import tempfile
-        root = resolve_output_root(cfg) / "runs" / str(cfg.task.name)
-        root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix="run-", dir=root))
 
 
 @dataclass

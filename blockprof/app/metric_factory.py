@@ -6,7 +6,8 @@ import logging
 from hydra.utils import get_method
 
 from blockprof.common.errors import UserError
-from blockprof.core.space import DesignSpace, spaces_with
+from blockprof.core.space import DesignSpace
+from blockprof.core.registry import spaces_with
 from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
 from blockprof.metrics.analytic import mmacs_metric, params_metric
 from blockprof.metrics.base import Metric

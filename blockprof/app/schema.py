@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 # ------------------------------------------------------------------ space
 @dataclass
 class SpaceConfig:
-    _target_: str = "blockprof.core.space.build_space"
+    _target_: str = "blockprof.core.registry.build_space"
     name: str = MISSING
     width_mult: Optional[float] = None
     resolutions: List[int] = MISSING

@@ -11,7 +11,7 @@ class _LatencyPyfuncImpl:
 
     def load_context(self, context):
         import torch
-        from blockprof.core.space import build_space
+        from blockprof.core.registry import build_space
         from blockprof.predictors.train import load_checkpoint
         path = context.artifacts["checkpoint"]
         sp = torch.load(path, map_location="cpu", weights_only=True)["space"]
@@ -47,7 +47,7 @@ def log_mlflow_model(tracker, ckpt_path: Path, device: str | None = None, exampl
     import numpy as np
     import pandas as pd
     import torch
-    from blockprof.core.space import build_space
+    from blockprof.core.registry import build_space
     from blockprof.predictors.train import load_checkpoint
 
     sp = torch.load(ckpt_path, map_location="cpu", weights_only=True)["space"]

@@ -25,7 +25,6 @@ import json
 import os
 import pickle
 import re
-import sys
 import tempfile
 import time
 import urllib.request

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blockprof.core.space import build_space
+from blockprof.core.registry import build_space
 from blockprof.metrics.lut import note10_latency
 from blockprof.predictors.features import OpGraphFeaturizer
 from blockprof.predictors.train import TrainOptions, fit_model, split_indices
