@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "Arch": "blockprof.core.space",
     "DesignSpace": "blockprof.core.space",
-    "build_space": "blockprof.core.space",
+    "build_space": "blockprof.core.registry",
     "UserError": "blockprof.common.errors",
     "compose": "blockprof.app.compose",
     "metrics_for": "blockprof.app.api",

@@ -8,6 +8,7 @@ same as the app's own checks. `HYDRA_FULL_ERROR=1` still shows Hydra's full repo
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import hydra
@@ -16,8 +17,19 @@ from omegaconf import OmegaConf
 from blockprof.app.schema import register
 
 register()
-# `hydra.sweep.subdir` ends with the swept values (`-search.budget=100`); nothing for a plain run
-OmegaConf.register_new_resolver("bp.suffix", lambda s: f"-{s}" if s else "", replace=True)
+
+
+def _folder_suffix(overrides: str) -> str:
+    """`-search.budget-100+seed-1` for a sweep job's folder name: one folder level, only
+    characters that need no quoting in a shell or a Hydra override, at most 120 of them;
+    nothing for a plain run."""
+    if not overrides:
+        return ""
+    return "-" + re.sub(r"[^A-Za-z0-9._+-]+", "_", overrides.replace("\\", ""))[:120]
+
+
+# `hydra.sweep.subdir` ends with the job's overrides (`-search.budget=100`)
+OmegaConf.register_new_resolver("bp.suffix", _folder_suffix, replace=True)
 
 
 _job_started = False

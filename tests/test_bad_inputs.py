@@ -894,20 +894,9 @@ def _fmt(s: str, values: dict) -> str:
     return s
 
 
-# Cases that fail today for reasons outside this battery's files, by owner. "app layer":
-# errors the search task only finds after the run folder and MLflow run exist, and Hydra
-# reports that are not yet one line; the marks go when the fixes land.
-APP_LAYER = "app layer"
-PENDING = {
-    "override-no-key": APP_LAYER,
-    "search-budget-zero": APP_LAYER, "search-insight-unknown": APP_LAYER, "from-profile-no-run": APP_LAYER,
-    "from-profile-min-candidates-0": APP_LAYER,
-    **{c.id: APP_LAYER for c in CASES if c.category == "insight" and c.expect == "error"},
-    **{c.id: APP_LAYER for c in CASES if c.id.startswith("search-ckpt-") and c.expect == "error"},
-    "blocks-bool-unit": "slot spec parsing accepts true as unit 1",
-    "blocks-same-slot-twice": "slot spec parsing accepts one slot twice in a group",
-    "data-dir-is-file": APP_LAYER,  # an OSError caught above the app leaves Hydra's folder
-}
+# Cases still failing for reasons outside this battery's files (none at present); a case
+# listed here is expected to fail, strictly, so the mark goes when the fix lands.
+PENDING: dict[str, str] = {}
 
 
 def _params():

@@ -111,4 +111,4 @@ def test_optuna_sweep_optimises_the_search_objective(tmp_path):
     assert set(best.best_params) == {"search.budget_per_iter", "search.mutation_depth", "search.pareto_runs",
                                      "search.resolution_mutate_prob"}
     jobs = sorted(p.name for p in results.parent.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert len(jobs) == 3 and all("search.mutation_depth=" in j for j in jobs)  # folders show the swept values
+    assert len(jobs) == 3 and all("search.mutation_depth-" in j for j in jobs)  # folders show the swept values

@@ -205,6 +205,8 @@ def main_entry(cfg: DictConfig) -> float | None:
 def _remove_if_empty(run_dir: Path) -> None:
     """Drop the run folder Hydra made for a run that failed before writing anything."""
     try:
+        if _held_by_a_live_run(run_dir):
+            return  # another run's folder, not ours to remove
         if run_dir.is_dir() and {p.name for p in run_dir.iterdir()} <= _NO_VALUE:
             logging.shutdown()  # close run.log before removing it
             shutil.rmtree(run_dir, ignore_errors=True)
@@ -217,6 +219,22 @@ def _remove_if_empty(run_dir: Path) -> None:
                 parent = parent.parent
     except OSError:
         pass
+
+
+def _held_by_a_live_run(run_dir: Path) -> bool:
+    """Whether a live process holds the folder's run lock (it is released when a run ends or dies)."""
+    import fcntl
+    try:
+        fd = os.open(run_dir / RUN_LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _in_multirun() -> bool:

@@ -330,7 +330,11 @@ class DesignSpace:
             specs = entry if entry and _is_seq(entry[0]) else [entry]
             group = []
             for spec in specs:
-                group.extend(self.parse_slot(list(spec)))
+                for slot in self.parse_slot(list(spec)):
+                    if any((s.unit, s.layer) == (slot.unit, slot.layer) for s in group):
+                        raise UserError(f"bad block spec {list(spec)}: the group fixes unit {slot.unit} "
+                                        f"layer {slot.layer} twice")
+                    group.append(slot)
             groups.append(group)
         return groups
 

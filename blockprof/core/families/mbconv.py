@@ -174,7 +174,7 @@ class MBConvSpace(DesignSpace):
 
     # --- slots ---
     def parse_slot(self, spec):
-        if not 4 <= len(spec) <= 5 or not all(isinstance(x, (int, np.integer)) for x in spec):
+        if not 4 <= len(spec) <= 5 or not all(isinstance(x, (int, np.integer)) and not isinstance(x, bool) for x in spec):
             raise UserError(f"bad block spec {spec}: expected [unit, layer, kernel, expand] or [unit, layer, kernel, expand, resolution] of integers")
         u, l, k, e = (int(x) for x in spec[:4])
         if not 0 <= u < self.n_units:

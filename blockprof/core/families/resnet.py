@@ -143,7 +143,7 @@ class ResNetSpace(DesignSpace):
     # --- slots: stem depth (0,0), stem widths (0,1)/(0,2), bottlenecks (u,l) ---
     def parse_slot(self, spec):
         bad = lambda why: UserError(f"bad block spec {spec}: {why}")  # noqa: E731
-        if not spec or not all(isinstance(x, (int, float, np.integer, np.floating)) for x in spec):
+        if not spec or not all(isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) for x in spec):
             raise bad("expected numbers, e.g. [0, d], [1, i, w] or [2, unit, layer, e, w]")
         kind = int(spec[0])
         arity = {0: 2, 1: 3, 2: 5}.get(kind)

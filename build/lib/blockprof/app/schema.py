@@ -1,0 +1,295 @@
+"""Config schemas: one dataclass per config group option, stored in Hydra's ConfigStore.
+
+Every YAML file under conf/ starts from one of these (`defaults: [/schema/<group>/<name>@_here_]`)
+and writes only what differs, so each default lives here once. Hydra validates while it
+composes: a wrong type (`task.num_archs=2.9`) or a key that is not in the schema
+(`task.num_archz=5`) fails before any run folder exists. Keys added with `+` are checked
+against the same schemas by `unknown_keys` before the run starts.
+
+Kept light (dataclasses only, strategies' own schemas aside) so `--help` and shell
+completion stay fast.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+
+# ------------------------------------------------------------------ space
+@dataclass
+class SpaceConfig:
+    _target_: str = "blockprof.core.registry.build_space"
+    name: str = MISSING
+    width_mult: Optional[float] = None
+    resolutions: List[int] = MISSING
+    # hypervolume reference (the worst corner) per objective, so every search of this space
+    # is measured against the same point; latency's comes from the device
+    hv_reference: Dict[str, Optional[float]] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------ device latency variants
+@dataclass
+class LatencyConfig:
+    # the source picks the builder: blockprof.app.metric_factory.<source>_latency(cfg, space)
+    _target_: str = "blockprof.app.metric_factory.${.source}_latency"
+    source: str = MISSING
+    hv_reference: Optional[float] = None  # ms: the search hypervolume's latency reference on this device
+
+
+@dataclass
+class LUTLatencyConfig(LatencyConfig):
+    """Per-layer lookup tables shipped by OFA / ProxylessNAS."""
+    source: str = "lut"
+    table: Optional[str] = None  # explicit file or folder instead of the downloaded tables
+
+
+@dataclass
+class PredictorLatencyConfig(LatencyConfig):
+    """A latency predictor trained on a CSV of measurements (trained on first use)."""
+    source: str = "predictor"
+    csv: str = "${paths.data_dir}/ofa_${space.name}_${device.name}_lat_data.csv"
+    checkpoint: str = "${paths.data_dir}/predictors/${space.name}_${device.name}_${device.latency.model}.pt"
+    model: str = "gnn"
+    train: Dict[str, Any] = field(default_factory=dict)  # on-demand training options (TrainOptions fields)
+
+
+@dataclass
+class MeasuredLatencyConfig(PredictorLatencyConfig):
+    """The real subnet timed on this machine; `source: predictor` switches to a predictor
+    trained on this machine's `task=measure` CSV."""
+    source: str = "measured"
+    hw: str = "cpu"            # cpu | cuda
+    engine: str = "torch"      # the inference engine that runs the subnet
+    threads: int = 1
+    warmup: int = 3
+    repeats: int = 10          # timed runs per subnet, one per interleaved round (blockprof.metrics.timing)
+    stat: str = "median"       # median | min
+    clock: str = "cpu"         # cpu: CPU time (1 thread, hw cpu) | wall (CUDA: events)
+    chunk_size: int = 25       # subnets timed together in interleaved rounds
+    references: int = 3        # reference subnets per round that rescale drift (0: off)
+    cache_dir: str = "${paths.output_root}/cache/onnx"  # exported ONNX models (onnx engines)
+
+
+@dataclass
+class DeviceConfig:
+    name: str = MISSING
+    latency: Any = MISSING     # one of the latency variants above
+
+
+# ------------------------------------------------------------------ metrics
+@dataclass
+class AccuracyConfig:
+    # the source picks the builder: blockprof.app.metric_factory.<source>_accuracy(cfg, space)
+    _target_: str = "blockprof.app.metric_factory.${.source}_accuracy"
+    source: str = "predictor"          # predictor | supernet
+    checkpoint: Optional[str] = None   # explicit predictor file
+    checkpoint_dir: Optional[str] = None
+    calib_images: int = 2000
+    calib_batch_size: int = 200
+    batch_size: int = 256
+    eval_subset: Optional[int] = None
+    seed: int = "${seed}"  # type: ignore[assignment]  # interpolated
+    device: str = "auto"
+    threads: Optional[int] = None
+    archs_per_pass: int = 8
+    memo: Optional[str] = None
+    allow_pickle: bool = False
+
+
+@dataclass
+class MetricConfig:
+    names: List[str] = MISSING
+    skip_unavailable: bool = False
+    accuracy: AccuracyConfig = field(default_factory=AccuracyConfig)
+
+
+# ------------------------------------------------------------------ tasks
+@dataclass
+class TaskConfig:
+    _target_: str = MISSING
+    name: str = MISSING
+    needs_metrics: bool = True
+    objective: Optional[str] = None  # the float a sweeper optimises (None: the task returns nothing to optimise)
+
+
+@dataclass
+class ProfileTaskConfig(TaskConfig):
+    _target_: str = "blockprof.app.tasks.profile.ProfileTask"
+    name: str = "profile"
+    num_archs: int = 50
+    all: bool = True
+    blocks: List[Any] = field(default_factory=list)
+    resolutions: List[int] = field(default_factory=list)
+    chunk_archs: int = 20000
+    shard_index: int = 0
+    num_shards: int = 1
+
+
+@dataclass
+class MergeProfileTaskConfig(ProfileTaskConfig):
+    _target_: str = "blockprof.app.tasks.merge_profile.MergeProfileTask"
+    name: str = "merge_profile"
+    inputs: List[str] = field(default_factory=list)
+
+
+@dataclass
+class EvaluateTaskConfig(TaskConfig):
+    _target_: str = "blockprof.app.tasks.evaluate.EvaluateTask"
+    name: str = "evaluate"
+    num_archs: int = 100
+    archs_csv: Optional[str] = None
+
+
+@dataclass
+class MeasureTaskConfig(TaskConfig):
+    _target_: str = "blockprof.app.tasks.measure.MeasureTask"
+    name: str = "measure"
+    needs_metrics: bool = False
+    num_archs: int = 200
+    csv: Optional[str] = None
+    resolution: Optional[int] = None
+    threads: Optional[int] = None
+    warmup: int = 1
+    rounds: int = 6
+    chunk_size: int = 25
+    stat: str = "median"
+    clock: str = "cpu"
+    references: int = 3
+    retest_archs: int = 100
+    archs_csv: Optional[str] = None
+
+
+@dataclass
+class TrainPredictorTaskConfig(TaskConfig):
+    _target_: str = "blockprof.app.tasks.train_predictor.TrainPredictorTask"
+    name: str = "train_predictor"
+    needs_metrics: bool = False
+    objective: Optional[str] = "test_mape"
+    csv: Optional[str] = None
+    checkpoint: Optional[str] = None
+    model: Optional[str] = None
+    split: List[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    max_epochs: int = 400
+    patience: int = 60
+    batch_size: int = 64
+    lr: float = 0.002
+    weight_decay: float = 1e-5
+    hidden: int = 32
+    layers: int = 1
+    ridge: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
+    loss: str = "rel_l1"
+    threads: int = 1
+    log_model: bool = True
+    init_from: Optional[str] = None    # fine-tune from another device's checkpoint (few-shot)
+    train_archs: Optional[int] = None  # use only this many (seeded) training archs
+    device_filter: Optional[str] = None  # train only on the CSV rows of this device (mixed or other-device CSVs)
+
+
+@dataclass
+class ExportTaskConfig(TaskConfig):
+    _target_: str = "blockprof.app.tasks.export.ExportTask"
+    name: str = "export"
+    needs_metrics: bool = False
+    num_archs: int = 20
+    archs_csv: Optional[str] = None
+    out_dir: Optional[str] = None
+    formats: List[str] = field(default_factory=lambda: ["onnx"])
+    opset: int = 17
+    target: Optional[str] = None
+    unit: str = "ms"
+    threads: int = 1
+
+
+@dataclass
+class SearchTaskConfig(TaskConfig):
+    _target_: str = "blockprof.app.tasks.search.SearchTask"
+    name: str = "search"
+    objective: Optional[str] = "hypervolume"
+    resume_dir: Optional[str] = None
+    fsync: bool = True
+
+
+# ------------------------------------------------------------------ tracking, data, paths
+@dataclass
+class TrackingConfig:
+    backend: str = "local"               # local | server | none
+    uri: Optional[str] = None
+    experiment: str = "blockprof"
+    artifact_root: Optional[str] = None
+    request_timeout_s: float = 5
+    max_retries: int = 1
+
+
+@dataclass
+class DataConfig:
+    imagenet: Optional[str] = None
+    train_dir: Optional[str] = None
+    val_dir: Optional[str] = None
+    val_fast: Optional[str] = None
+    workers: int = 4
+
+
+@dataclass
+class PathsConfig:
+    output_root: str = "outputs"
+    data_dir: str = "data"
+
+
+@dataclass
+class RunConfig:
+    """The composed run: one node per group, validated by that group's own schema."""
+    space: SpaceConfig = MISSING
+    device: DeviceConfig = MISSING
+    metric: MetricConfig = MISSING
+    search: Any = MISSING
+    task: Any = MISSING
+    tracking: TrackingConfig = MISSING
+    data: DataConfig = MISSING
+    seed: int = 0
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+TASK_SCHEMAS = {c().name: c for c in (ProfileTaskConfig, MergeProfileTaskConfig, EvaluateTaskConfig,
+                                       MeasureTaskConfig, TrainPredictorTaskConfig, SearchTaskConfig,
+                                       ExportTaskConfig)}
+LATENCY_SCHEMAS = {"lut": LUTLatencyConfig, "predictor": PredictorLatencyConfig, "measured": MeasuredLatencyConfig}
+
+
+def register() -> None:
+    """Store every schema under `schema/<group>/<name>` (idempotent)."""
+    from blockprof.search.strategies import STRATEGIES  # each strategy class carries its own schema
+
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="run", node=RunConfig)
+    cs.store(group="schema/space", name="base", node=SpaceConfig)
+    cs.store(group="schema/device", name="base", node=DeviceConfig)
+    for name, node in LATENCY_SCHEMAS.items():
+        cs.store(group="schema/device/latency", name=name, node=node)
+    cs.store(group="schema/metric", name="base", node=MetricConfig)
+    cs.store(group="schema/metric/accuracy", name="base", node=AccuracyConfig)
+    for name, node in TASK_SCHEMAS.items():
+        cs.store(group="schema/task", name=name, node=node)
+    for name, cls in STRATEGIES.items():
+        cs.store(group="schema/search", name=name, node=cls.Config)
+    cs.store(group="schema/tracking", name="base", node=TrackingConfig)
+    cs.store(group="schema/data", name="base", node=DataConfig)
+
+
+def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[tuple[str, list[str]]]:
+    """Keys present in a structured node but not in its schema (Hydra lets `+key=value`
+    add them), as (full key, the schema's keys)."""
+    out = []
+    schema = OmegaConf.get_type(cfg)
+    if is_dataclass(schema):
+        known = [f.name for f in fields(schema)]
+        out += [(prefix + str(k), known) for k in cfg.keys() if k not in known]
+    for k in cfg.keys():
+        node = cfg._get_node(k)
+        if isinstance(node, DictConfig) and not node._is_missing() and not node._is_none():
+            out += unknown_keys(node, f"{prefix}{k}.")
+        elif isinstance(node, ListConfig):
+            continue
+    return out

@@ -1,0 +1,62 @@
+"""The `blockprof` command (and `python run.py`): Hydra composes the packaged configs
+(`pkg://blockprof.conf`, the repository's conf/ folder) and blockprof.app runs the task.
+
+Hydra reports a composition or validation error as a multi-line message (and a traceback
+for some); here every such user error becomes one `error:` line and exit code 2, the
+same as the app's own checks. `HYDRA_FULL_ERROR=1` still shows Hydra's full report.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import hydra
+from omegaconf import OmegaConf
+
+from blockprof.app.schema import register
+
+register()
+# `hydra.sweep.subdir` ends with the swept values (`-search.budget=100`); nothing for a plain run
+OmegaConf.register_new_resolver("bp.suffix", lambda s: f"-{s}" if s else "", replace=True)
+
+
+_job_started = False
+
+
+@hydra.main(version_base="1.3", config_path="pkg://blockprof.conf", config_name="config")
+def _hydra_main(cfg):
+    global _job_started
+    _job_started = True
+    from blockprof.app.main import main_entry  # imported late: `--help` and completion stay fast
+    return main_entry(cfg)
+
+
+def main() -> None:
+    if os.environ.get("HYDRA_FULL_ERROR"):
+        _hydra_main()
+        return
+    # let Hydra's errors reach us instead of its multi-line report
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        _hydra_main()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs below
+        from blockprof.app.errors import one_line_user_error
+        line = one_line_user_error(exc)
+        if line is None and not _job_started and str(exc).strip():
+            # raised while Hydra read the command line, before any job: the command line's fault
+            line = f"cannot use the command line: {str(exc).strip().splitlines()[0]}"
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        os.environ.pop("HYDRA_FULL_ERROR", None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,10 @@
+"""Predictor-guided search (task=search, DESIGN section 6).
+
+- `pareto`: non-dominated sorting, 2-D hypervolume, best accuracy under a budget;
+- `family`: the per-family hooks (MBConv blocks; ResNet widths, expansions, stem);
+- `insight`: insight (reduced) spaces: the paper's profiles, `<name>_random`, `from_profile`;
+- `mutation`: the unit-level mutator, OFA-style genetic operators, `mutate_archs`;
+- `evaluator`: the memo of scored archs (budget = unique archs);
+- `strategies`: rm_pareto, rm_cons_acc, evolution, bands, random (the `search` config group);
+- `checkpoint` / `runner`: the iteration loop with crash-safe resume.
+"""
