@@ -44,6 +44,8 @@ def _hydra_main(cfg):
 
 
 def main() -> None:
+    global _job_started
+    _job_started = False
     if os.environ.get("HYDRA_FULL_ERROR"):
         _hydra_main()
         return
@@ -61,7 +63,7 @@ def main() -> None:
         line = one_line_user_error(exc)
         if line is None and not _job_started and str(exc).strip():
             # raised while Hydra read the command line, before any job: the command line's fault
-            line = f"cannot use the command line: {str(exc).strip().splitlines()[0]}"
+            line = f"cannot parse override: {str(exc).strip().splitlines()[0]}"
         if line is None:
             raise
         print(f"error: {line}", file=sys.stderr)

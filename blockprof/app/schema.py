@@ -219,7 +219,7 @@ class TrackingConfig:
     uri: Optional[str] = None
     experiment: str = "blockprof"
     artifact_root: Optional[str] = None
-    request_timeout_s: float = 5
+    request_timeout_s: int = 5
     max_retries: int = 1
 
 

@@ -580,6 +580,9 @@ def fetch_run_csv(cfg: DictConfig, run_id: str, name: str):
 
     import pandas as pd
     uri, _ = _store(cfg)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        # looking a run up must not create an empty store
+        raise UserError(f"no MLflow run {run_id}: there is no store at {uri} yet")
     try:
         from mlflow.tracking import MlflowClient
         client = MlflowClient(tracking_uri=uri)
