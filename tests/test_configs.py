@@ -91,13 +91,22 @@ def test_completion_lists_group_options(tmp_path):
 
 
 def test_each_default_is_written_once():
-    """YAML files hold choices, not copies of schema defaults."""
-    from blockprof.app import schema
-    for option in _options("task"):
-        text = (CONF / "task" / f"{option}.yaml").read_text()
-        body = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith(("#", "-", "defaults"))]
-        assert body == [], f"conf/task/{option}.yaml repeats schema defaults: {body}"
-    assert schema.ProfileTaskConfig().num_archs == 50
+    """Task and search YAML files hold only what differs from their schema's defaults."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from blockprof.app.schema import TASK_SCHEMAS
+    from blockprof.search.strategies import STRATEGIES
+
+    schemas = {("task", n): c for n, c in TASK_SCHEMAS.items()}
+    schemas.update({("search", n): cls.Config for n, cls in STRATEGIES.items()})
+    for (group, option), schema in schemas.items():
+        written = yaml.safe_load((CONF / group / f"{option}.yaml").read_text()) or {}
+        written.pop("defaults", None)
+        defaults = OmegaConf.to_container(OmegaConf.structured(schema))
+        repeated = [k for k, v in written.items() if k in defaults and defaults[k] == v]
+        assert not repeated, f"conf/{group}/{option}.yaml repeats schema defaults: {repeated}"
+    assert OmegaConf.structured(schemas[("search", "rm_cons_acc")]).budget != 1000  # the one difference it writes
 
 
 def test_optuna_sweep_optimises_the_search_objective(tmp_path):

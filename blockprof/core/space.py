@@ -173,6 +173,16 @@ class DesignSpace:
         """Interned tokens [n, S] (index in `blocks`, -1 inactive) -> (choice, fixed)."""
         raise NotImplementedError
 
+    @functools.cached_property
+    def _accuracy_res_index(self) -> np.ndarray:
+        asset = self.capabilities.accuracy_predictor
+        if asset is None:
+            raise UserError(f"space {self.name} has no OFA accuracy predictor")
+        bad = [r for r in self.resolutions if r not in asset.resolutions]
+        if bad:
+            raise UserError(f"the {self.name} accuracy predictor knows resolutions {list(asset.resolutions)}, not {bad[0]}")
+        return np.array([asset.resolutions.index(r) for r in self.resolutions], dtype=np.intp)
+
     def ofa_accuracy_features(self, enc: SlotEncoding) -> np.ndarray:
         """OFA's accuracy-predictor input [n, features] (float32) for encoded archs."""
         raise UserError(f"space {self.name} has no OFA accuracy-predictor encoding")

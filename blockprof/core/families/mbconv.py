@@ -15,7 +15,6 @@ resolutions, so a new one is a YAML file:
 """
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -273,16 +272,6 @@ class MBConvSpace(DesignSpace):
 
     def _encode_tokens(self, tok, active):
         return tok, np.zeros(len(tok), dtype=np.int16)
-
-    @functools.cached_property
-    def _accuracy_res_index(self) -> np.ndarray:
-        asset = self.capabilities.accuracy_predictor
-        if asset is None:
-            raise UserError(f"space {self.name} has no OFA accuracy predictor")
-        bad = [r for r in self.resolutions if r not in asset.resolutions]
-        if bad:
-            raise UserError(f"the {self.name} accuracy predictor knows resolutions {list(asset.resolutions)}, not {bad[0]}")
-        return np.array([asset.resolutions.index(r) for r in self.resolutions], dtype=np.intp)
 
     def ofa_accuracy_features(self, enc: SlotEncoding) -> np.ndarray:
         """OFA's MobileNetV3 predictor input: per slot a kernel one-hot, then per slot an

@@ -16,7 +16,6 @@ A space of the family is a YAML file:
 """
 from __future__ import annotations
 
-import functools
 import re
 from typing import Sequence
 
@@ -299,16 +298,6 @@ class ResNetSpace(DesignSpace):
         choice[:, 0] = tok[:, 0]
         choice[:, 1:] = np.where(active[:, 1:], e_idx[:, 1:] * 9 + w_in * 3 + w[:, 1:], -1)
         return choice, first_w[:, -1].astype(np.int16)
-
-    @functools.cached_property
-    def _accuracy_res_index(self) -> np.ndarray:
-        asset = self.capabilities.accuracy_predictor
-        if asset is None:
-            raise UserError(f"space {self.name} has no OFA accuracy predictor")
-        bad = [r for r in self.resolutions if r not in asset.resolutions]
-        if bad:
-            raise UserError(f"the {self.name} accuracy predictor knows resolutions {list(asset.resolutions)}, not {bad[0]}")
-        return np.array([asset.resolutions.index(r) for r in self.resolutions], dtype=np.intp)
 
     def ofa_accuracy_features(self, enc: SlotEncoding) -> np.ndarray:
         """OFA's ResNet50 predictor input (its ResNetArchEncoder): resolution one-hot (8),
