@@ -1,4 +1,4 @@
-"""Block profiling, the paper's sampling method (DESIGN section 6).
+"""Block profiling, the paper's sampling method.
 
 A *group* is one or more slots fixed together (the seed's `--blocks` entry; `all`
 gives one group per slot). For every group, N archs are drawn and the group's

@@ -37,7 +37,7 @@ class Asset:
     url: str
 
 
-_SUMS = {  # from shared/assets/SHA256SUMS
+_SUMS = {  # SHA-256 of the files OFA and ProxylessNAS published
     "ofa/acc_predictor.pth": "48685122a3540636b06699af66cd816456b25f29b69563e2fda9bed4018eeba0",
     "ofa/note10/160_lookup_table.yaml": "a2671a45e9400542679ed03de946b45d6a35010f9ab21834af3e7ba8341d36d1",
     "ofa/note10/176_lookup_table.yaml": "34223ae037d5719a5f33261bdfd9341f590a2999edf520f174309605dc06307c",

@@ -1,4 +1,4 @@
-"""The one place where tasks talk to MLflow (DESIGN.md section 8).
+"""The one place where tasks talk to MLflow.
 
 Results are always written to the run's folder first and only then sent to
 MLflow, and any MLflow failure (unreachable server, broken store) turns

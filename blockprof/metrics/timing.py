@@ -6,7 +6,7 @@ co-runner on the other core slows even our own CPU time by up to ~30 %.
 The protocol, chosen by measuring:
 
 * **Fixed, small thread count** (`threads`, 1 by default): with 2 threads on a
-  busy 2-core box every op waits for its slowest thread (3.5x slower, 3x noisier).
+  loaded 2-core machine every op waits for its slowest thread (3.5x slower, 3x noisier).
 * **CPU clock** (`clock: cpu`, needs 1 thread and an engine that runs on the
   host CPU): time the forward pass with the CPU time of the thread or process
   that does the work, which equals wall time on an idle machine but leaves out

@@ -35,7 +35,7 @@ class PredictedLatency(Metric):
             return np.zeros(0)
         import torch
         prev = torch.get_num_threads()
-        torch.set_num_threads(self.threads)  # 1 by default: on a busy 2-core box a 2nd thread mostly waits
+        torch.set_num_threads(self.threads)  # 1 by default: on a loaded machine a 2nd thread mostly waits
         try:
             return np.asarray(self.model.predict(list(archs)), dtype=np.float64)
         finally:

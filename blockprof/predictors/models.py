@@ -1,4 +1,4 @@
-"""Latency models over one design space (issue 4).
+"""Latency models over one design space.
 
 * ``gnn`` (default): directed message passing over the op graph of
   `predictors.features` (a chain with skips: a band adjacency, run on the nodes

@@ -45,7 +45,7 @@ class TrainOptions:
     ridge: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)  # additive: candidates, picked on dev MAPE
     loss: str = "rel_l1"          # rel_l1 (mean |relative error|, i.e. MAPE itself) | rel_mse
     threads: int = 1              # torch threads while fitting: small batches gain nothing from more,
-                                  # and on a busy 2-core machine 2 threads made training ~30x slower
+                                  # and on a loaded 2-core machine 2 threads made training ~30x slower
 
     @classmethod
     def from_config(cls, node, **override) -> "TrainOptions":

@@ -1,4 +1,4 @@
-"""Predictor-guided search (task=search, DESIGN section 6).
+"""Predictor-guided search (task=search).
 
 - `pareto`: non-dominated sorting, 2-D hypervolume, best accuracy under a budget;
 - `family`: the per-family hooks (MBConv blocks; ResNet widths, expansions, stem);

@@ -1,4 +1,4 @@
-"""task=search: predictor-guided search for the accuracy / cost Pareto front (DESIGN section 6).
+"""task=search: predictor-guided search for the accuracy / cost Pareto front.
 
     python run.py task=search space=mbv3 device=note10                      # rm_pareto, full space
     python run.py task=search space=mbv3 device=note10 search.insight=note10
