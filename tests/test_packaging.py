@@ -18,8 +18,17 @@ from conftest import REPO
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dist")
+    # build from a copy of the tracked sources: pip builds in the source folder, and a
+    # build/ left in the checkout would both pollute it and leak stale files into wheels
+    src = tmp_path_factory.mktemp("src") / "blockprof"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for rel in tracked:
+        if rel.startswith(("tests/", "scripts/", "docs/")):
+            continue
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, src / rel)
     res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                          "-w", str(out), str(REPO)], capture_output=True, text=True, timeout=600)
+                          "-w", str(out), str(src)], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
     (whl,) = out.glob("blockprof-*.whl")
     return whl

@@ -1,1 +1,0 @@
-"""Tasks: each module has `run(ctx, tracker)`; conf/task/<name>.yaml points at it."""
