@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from blockprof.common.errors import UserError
+from blockprof.common.fileio import atomic_write
 from blockprof.core.space import Arch, DesignSpace
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,13 @@ class Engine:
 
     @contextlib.contextmanager
     def session(self):
-        yield
+        """Torch runs (or, for ONNX engines, exports) the subnets: on this engine's thread budget."""
+        prev = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(prev)
 
     def input(self, arch: Arch) -> np.ndarray:
         return np.random.default_rng(0).standard_normal(
@@ -89,15 +96,6 @@ class TorchEngine(Engine):
         end.synchronize()
         return float(start.elapsed_time(end))
 
-    @contextlib.contextmanager
-    def session(self):
-        prev = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(prev)
-
     def info(self):
         return {"engine": self.name, "torch": torch.__version__}
 
@@ -107,28 +105,22 @@ def onnx_path(cache_dir: Path, space: DesignSpace, arch: Arch, batch_size: int =
     return Path(cache_dir) / space.name / f"{key}_r{arch.resolution}_b{batch_size}.onnx"
 
 
-def export_onnx(space: DesignSpace, arch: Arch, path: Path, batch_size: int = 1) -> Path:
-    """The OFA subnet as ONNX (opset 17, TorchScript exporter), written atomically."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    net = space.build_subnet(arch)
-    x = torch.zeros(batch_size, 3, arch.resolution, arch.resolution)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with torch.no_grad(), warnings_quiet():
-        torch.onnx.export(net, x, str(tmp), dynamo=False, opset_version=17,
-                          input_names=["input"], output_names=["logits"])
-    os.replace(tmp, path)
-    return path
+ONNX_INPUT, ONNX_OUTPUT = "input", "logits"
 
 
-@contextlib.contextmanager
-def warnings_quiet():
+def export_onnx(net: torch.nn.Module, resolution: int, path: str | os.PathLike, opset: int = 17,
+                batch_size: int = 1) -> Path:
+    """`net` as ONNX (TorchScript exporter, static input [batch, 3, r, r] named `input`,
+    output `logits`), written atomically: the one exporter for engines and `task=export`."""
     import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    x = torch.zeros(batch_size, 3, resolution, resolution)
+
+    def write(tmp):
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
+            torch.onnx.export(net, (x,), tmp, dynamo=False, opset_version=opset,
+                              input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT])
+    return atomic_write(path, write)
 
 
 class _OnnxEngine(Engine):
@@ -137,18 +129,11 @@ class _OnnxEngine(Engine):
         self.cache_dir = Path(cache_dir)
 
     def onnx(self, arch: Arch) -> Path:
-        return export_onnx(self.space, arch, onnx_path(self.cache_dir, self.space, arch, self.batch_size),
-                           self.batch_size)
-
-    @contextlib.contextmanager
-    def session(self):
-        # the export runs PyTorch: keep it on the same thread budget
-        prev = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(prev)
+        """The cached export of `arch` (made on first use)."""
+        path = onnx_path(self.cache_dir, self.space, arch, self.batch_size)
+        if path.is_file():
+            return path
+        return export_onnx(self.space.build_subnet(arch), arch.resolution, path, batch_size=self.batch_size)
 
 
 class OrtEngine(_OnnxEngine):

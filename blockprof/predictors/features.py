@@ -261,7 +261,8 @@ class OpGraphFeaturizer:
     def encode(self, archs: Sequence[Arch]) -> SlotEncoding:
         return self.space.encode(archs)
 
-    def from_encoding(self, enc: SlotEncoding) -> GraphBatch:
+    def _nodes(self, enc: SlotEncoding) -> tuple[np.ndarray, np.ndarray]:
+        """Every graph's possible nodes (pre, slots, post) as table ids [n, P+S+Q], and which are active."""
         n, S = enc.choice.shape
         res = enc.res.astype(np.intp)
         fixed = enc.fixed.astype(np.intp)
@@ -270,6 +271,11 @@ class OpGraphFeaturizer:
         ids_full = np.concatenate([self._pre_ids[res, fixed], self._slot_ids[res[:, None], np.arange(S)[None, :], idx],
                                    self._post_ids[res, fixed]], axis=1)
         m_full = np.concatenate([np.ones((n, self.n_pre), bool), active, np.ones((n, self.n_post), bool)], axis=1)
+        return ids_full, m_full
+
+    def from_encoding(self, enc: SlotEncoding) -> GraphBatch:
+        ids_full, m_full = self._nodes(enc)
+        n = len(ids_full)
         # compact: active nodes to the front, in network order (a scatter by running count)
         lengths = m_full.sum(axis=1)
         N = int(lengths.max()) if n else 0
@@ -286,14 +292,7 @@ class OpGraphFeaturizer:
         """The nodes of every graph packed end to end, in network order, without padding:
         (table ids [T], residual [T], lengths [n]) - what `from_encoding` pads, for models
         that run on packed chains."""
-        n, S = enc.choice.shape
-        res = enc.res.astype(np.intp)
-        fixed = enc.fixed.astype(np.intp)
-        active = enc.choice >= 0
-        idx = np.where(active, enc.choice, 0).astype(np.intp)
-        ids_full = np.concatenate([self._pre_ids[res, fixed], self._slot_ids[res[:, None], np.arange(S)[None, :], idx],
-                                   self._post_ids[res, fixed]], axis=1)
-        m_full = np.concatenate([np.ones((n, self.n_pre), bool), active, np.ones((n, self.n_post), bool)], axis=1)
+        ids_full, m_full = self._nodes(enc)
         ids = ids_full[m_full].astype(np.int64)
         return ids, self._residual[ids], m_full.sum(axis=1).astype(np.int64)
 

@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -39,12 +38,13 @@ from blockprof.core.archlist import read_arch_list
 from blockprof.core.latency_csv import HEADER
 from blockprof.core.space import Arch, DesignSpace
 from blockprof.infra.tracking import resolve_path
+from blockprof.metrics.engines import ONNX_INPUT, ONNX_OUTPUT, export_onnx
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx", "tflite")
 FILE_COLUMNS = {"onnx": "onnx_file", "tflite": "tflite_file"}
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+INPUT_NAME, OUTPUT_NAME = ONNX_INPUT, ONNX_OUTPUT
 MANIFEST, META = "manifest.csv", "export.json"
 
 
@@ -67,18 +67,6 @@ def file_stem(space: DesignSpace, net_id: int, arch: Arch) -> str:
     never takes a file made for another arch under the same net_id."""
     digest = hashlib.sha1(f"{space.name}|{space.width_mult}|{arch.text}|{arch.resolution}".encode()).hexdigest()
     return f"{net_id:05d}_{arch.resolution}px_{digest[:10]}"
-
-
-def export_onnx(net, resolution: int, path: Path, opset: int) -> Path:
-    import torch
-    x = torch.randn(1, 3, resolution, resolution)
-
-    def write(tmp):
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notes
-            torch.onnx.export(net, (x,), tmp, dynamo=False, opset_version=opset,
-                              input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
-    return atomic_write(path, write)
 
 
 def export_tflite(net, resolution: int, path: Path) -> Path:
