@@ -87,7 +87,13 @@ def test_malformed_lists_fail_in_one_line_naming_file_and_line(outputs, tmp_path
         "bad_arch.csv": (f"net_id,arch,resolution\n0,{arch},{res}\n1,mbconv3_e9_k7|x,{res}\n", ":3: mbv3"),
         "bad_res.csv": (f"eval_id,iteration,origin,arch,resolution\n0,0,init,{arch},225\n",
                         ":2: resolution 225 is not in space mbv3"),
-        "res_text.csv": (f"net_id,net_str,resolution\n0,{arch},big\n", ":2: mbv3: resolution 'big' is not an integer"),
+        "res_text.csv": (f"net_id,net_str,device,resolution,lat unit,end-to-end lat\n0,{arch},npu,big,ms,1\n",
+                         ":2: mbv3: resolution 'big' is not an integer"),
+        # the seed's reader splits every line into exactly six fields: no fewer, no more
+        "seed_3.csv": (f"net_id,net_str,resolution\n0,{arch},{res}\n", ":1: 3 columns; the seed's latency CSV has exactly 6"),
+        "seed_7.csv": (f"net_id,net_str,device,resolution,lat unit,end-to-end lat,onnx_file\n0,{arch},x,{res},ms,,a.onnx\n",
+                       ":1: 7 columns"),
+        "seed_row.csv": (f"a,b,c,d,e,f\n0,{arch},x,{res},ms\n", ":2: expected 6 fields, found 5"),
         "dup_id.csv": (f"net_id,arch,resolution\n4,{arch},{res}\n4,{arch},{res}\n", ":3: duplicate net_id 4"),
         "bad_id.csv": (f"net_id,arch,resolution\nx,{arch},{res}\n", ":2: net_id 'x' is not an integer"),
     }
