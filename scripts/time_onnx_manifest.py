@@ -7,12 +7,14 @@ A stand-in for a device's own benchmark tool (onnxruntime_perf_test, an Android
 TFLite/NNAPI benchmark binary - see docs/export.md): each row's ONNX file is loaded
 into an InferenceSession (CPU execution provider, `--threads` intra-op threads, one
 inter-op thread, full graph optimisation), run `--warmup` times untimed, then
-`--runs` times; the median goes into `end-to-end lat` (`lat unit` ms). Every other
-column is kept, so the output is the manifest filled in: a seed-format latency CSV
-that `task=train_predictor task.csv=<out>` takes.
+`--runs` times; the median goes into `end-to-end lat` (`lat unit` ms). The manifest
+holds the seed's six columns only; each row's ONNX file is found through the sidecar
+`files.csv` beside it (net_id -> onnx_file). Every other field is kept, so the output
+is the manifest filled in: a seed-format latency CSV (six columns) that
+`task=train_predictor task.csv=<out>` takes.
 
 The output is rewritten atomically after every row; rerunning with the same `--out`
-keeps the rows already timed (same net_id and file) and times the rest.
+keeps the rows already timed (same net_id, arch and resolution) and times the rest.
 `--clock cpu` times with the thread's CPU clock (1 thread only), which leaves out
 time the scheduler gives to other jobs on a shared machine.
 """
@@ -32,20 +34,40 @@ from blockprof.common.fileio import atomic_write
 
 log = logging.getLogger("time_onnx_manifest")
 LAT, UNIT = "end-to-end lat", "lat unit"
-NEED = ("net_id", "net_str", "resolution", UNIT, LAT, "onnx_file")
+FIELDS = ("net_id", "net_str", "device", "resolution", "lat unit", "end-to-end lat")  # the seed's, by position
+FILES = "files.csv"
 
 
-def read_manifest(path: Path) -> tuple[list[str], list[dict]]:
+def read_manifest(path: Path) -> list[dict]:
+    """Rows of a seed-format CSV as the seed reads it: one header line, then six fields by position."""
     with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in NEED if c not in header]
-        if missing:
-            sys.exit(f"error: {path}:1: not an export manifest: lacks column(s) {missing}")
-        rows = [{k.strip(): (v or "") for k, v in r.items()} for r in reader if any((v or "").strip() for v in r.values())]
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or len(header) != len(FIELDS):
+            sys.exit(f"error: {path}:1: not a seed-format manifest (expected six columns {','.join(FIELDS)})")
+        rows = []
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue
+            if len(row) != len(FIELDS):
+                sys.exit(f"error: {path}:{reader.line_num}: expected {len(FIELDS)} fields, found {len(row)}")
+            rows.append(dict(zip(FIELDS, row)))
     if not rows:
         sys.exit(f"error: {path}: no rows below the header")
-    return header, rows
+    return rows
+
+
+def read_files(manifest: Path) -> dict[str, str]:
+    """net_id -> ONNX file (relative to the export folder), from the sidecar beside the manifest."""
+    path = manifest.with_name(FILES)
+    if not path.is_file():
+        sys.exit(f"error: {path} not found: the sidecar task=export writes beside {manifest.name}, naming each "
+                 "net_id's files")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if "net_id" not in (reader.fieldnames or []) or "onnx_file" not in reader.fieldnames:
+            sys.exit(f"error: {path}:1: lacks the net_id / onnx_file columns (export with task.formats including onnx)")
+        return {r["net_id"].strip(): r["onnx_file"] for r in reader if r["onnx_file"]}
 
 
 def time_model(path: Path, threads: int, warmup: int, runs: int, clock: str) -> float:
@@ -72,12 +94,12 @@ def time_model(path: Path, threads: int, warmup: int, runs: int, clock: str) -> 
     return statistics.median(times)
 
 
-def write_filled(path: Path, header: list[str], rows: list[dict]) -> None:
+def write_filled(path: Path, rows: list[dict]) -> None:
     def write(tmp):
         with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
+            w = csv.writer(f, lineterminator="\n")
+            w.writerow(FIELDS)
+            w.writerows([r[k] for k in FIELDS] for r in rows)
     atomic_write(path, write)
 
 
@@ -94,19 +116,23 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads < 1 or args.runs < 1 or args.warmup < 0:
         sys.exit("error: --threads and --runs must be >= 1, --warmup >= 0")
+    if args.device is not None and (not args.device.strip() or any(c in args.device for c in ',"\r\n')):
+        sys.exit(f"error: --device {args.device!r}: the seed's reader splits lines on ',' (no commas, quotes or "
+                 "line breaks in the name)")
     if args.clock == "cpu" and args.threads != 1:
         sys.exit("error: --clock cpu needs --threads 1 (the thread CPU clock sees only the calling thread)")
     manifest = args.manifest.resolve()
     if not manifest.is_file():
         sys.exit(f"error: manifest not found: {manifest}")
     out = (args.out or manifest.with_name(manifest.stem + "_ort.csv")).resolve()
-    header, rows = read_manifest(manifest)
+    rows = read_manifest(manifest)
+    files = read_files(manifest)
+    key = lambda r: (r["net_id"].strip(), r["net_str"], r["resolution"].strip())  # noqa: E731
     done = {}
-    if out.is_file() and out != manifest:  # resume: keep rows timed before (same id, same file)
-        _, old = read_manifest(out)
-        done = {(r["net_id"], r["onnx_file"]): r for r in old if r[LAT].strip()}
+    if out.is_file() and out != manifest:  # resume: keep rows timed before (same id, arch, resolution)
+        done = {key(r): r for r in read_manifest(out) if r[LAT].strip()}
     for row in rows:
-        prev = done.get((row["net_id"], row["onnx_file"]))
+        prev = done.get(key(row))
         if prev is not None:
             row[LAT], row[UNIT] = prev[LAT], prev[UNIT]
         if args.device:
@@ -116,15 +142,18 @@ def main(argv=None) -> int:
     for i, row in enumerate(rows):
         if row[LAT].strip():
             continue
-        model = manifest.parent / row["onnx_file"]
+        rel = files.get(row["net_id"].strip())
+        if rel is None:
+            sys.exit(f"error: {manifest}:{i + 2}: net_id {row['net_id']} has no onnx_file in {FILES}")
+        model = manifest.parent / rel
         if not model.is_file():
             sys.exit(f"error: {manifest}:{i + 2}: ONNX file {model} not found")
         ms = time_model(model, args.threads, args.warmup, args.runs, args.clock)
         row[LAT], row[UNIT] = f"{ms:.6f}", "ms"
         timed.append(ms)
         log.info("%d/%d  net_id %s  %s px  %.3f ms", i + 1, len(rows), row["net_id"], row["resolution"], ms)
-        write_filled(out, header, rows)  # every row so far survives a kill; untimed rows stay empty
-    write_filled(out, header, rows)
+        write_filled(out, rows)  # every row so far survives a kill; untimed rows stay empty
+    write_filled(out, rows)
     lat = [float(r[LAT]) for r in rows]
     print(f"timed {len(timed)} of {len(rows)} models ({len(rows) - len(timed)} kept from {out.name}) in "
           f"{time.perf_counter() - t0:.1f} s with ONNX Runtime ({args.threads} thread(s), median of {args.runs}, "

@@ -46,7 +46,10 @@ def test_front_exported_timed_and_trained_end_to_end(tmp_path):
     manifest = tmp_path / "export" / "manifest.csv"
     assert res["manifest"] == manifest and res["written"] == len(front) and res["kept"] == 0
     man = pd.read_csv(manifest, keep_default_na=False)
-    assert list(man.columns) == HEADER + ["onnx_file"]
+    assert list(man.columns) == HEADER  # the seed's six columns; file paths are in the sidecar
+    files = pd.read_csv(res["files"], keep_default_na=False)
+    assert res["files"] == tmp_path / "export" / "files.csv" and list(files["net_id"]) == list(man["net_id"])
+    man["onnx_file"] = files["onnx_file"]
     assert list(man["net_str"]) == list(front["arch"]) and list(man["resolution"]) == list(front["resolution"])
     assert (man["end-to-end lat"] == "").all() and set(man["device"]) == {"myphone"}
     with pytest.raises(UserError) as exc:  # the empty manifest is not training data yet: one line, with the line
@@ -106,7 +109,7 @@ def test_interrupted_export_resumes(tmp_path):
     first = execute(compose(over, tmp_path / "o"), run_dir=tmp_path / "r1")
     assert (first["written"], first["kept"]) == (3, 0)
     man = pd.read_csv(first["manifest"], keep_default_na=False)
-    files = [out_dir / f for f in man["onnx_file"]]
+    files = [out_dir / f for f in pd.read_csv(first["files"])["onnx_file"]]
     mtimes = [f.stat().st_mtime_ns for f in files]
     # a kill mid-file leaves only atomic_write's temp file; a finished file is whole
     files[1].unlink()

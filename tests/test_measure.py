@@ -116,7 +116,7 @@ def test_reader_names_file_and_line_of_each_malformed_kind(tmp_path, row, needle
 def test_reader_header_and_units(tmp_path):
     path = tmp_path / "h.csv"
     path.write_text("net_id,net_str,resolution\n")
-    with pytest.raises(UserError, match=re.escape(f"{path}:1: header lacks column(s)")):
+    with pytest.raises(UserError, match=re.escape(f"{path}:1: 3 columns; the seed's latency CSV has exactly 6")):
         read_latency_csv(path, build_space("mbv3"))
     path.write_text(",".join(HEADER) + f"\n0,{GOOD},npu,224,us,12345.6\n1,{GOOD},npu,160,s,0.5\n")
     recs = read_latency_csv(path, build_space("mbv3"))

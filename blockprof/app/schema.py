@@ -198,9 +198,13 @@ class ExportTaskConfig(TaskConfig):
     out_dir: Optional[str] = None
     formats: List[str] = field(default_factory=lambda: ["onnx"])
     opset: int = 17
-    target: Optional[str] = None
+    target: str = "${device.name}"     # the device the files are for: manifest's device column, run folder name
     unit: str = "ms"
     threads: int = 1
+    weights: str = "random"            # random (latency only) | supernet (the pretrained OFA subnet, deployable)
+    checkpoint_dir: Optional[str] = None  # weights=supernet: folder holding the OFA checkpoint (else cache/mirror/download)
+    calib_images: int = 2000           # weights=supernet with ImageNet configured: BatchNorm re-calibration images
+    calib_batch_size: int = 200
 
 
 @dataclass

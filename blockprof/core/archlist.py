@@ -82,13 +82,20 @@ def read_arch_list(path: str | os.PathLike, space: DesignSpace) -> ArchList:
     """Every arch listed in `path` (any format above), validated against `space`."""
     path = Path(path)
     known = "; ".join(f.written_by for f in FORMATS)
-    header, rows = read_table(path, "arch list", f"the header of an arch list - {known}")
-    fmt = detect_format(header)
-    if fmt is None:
-        raise UserError(f"{path}:1: not an arch list: columns {header[:8]}{' ...' if len(header) > 8 else ''} "
-                        f"match no known format ({known})")
+    found: list[_Format] = []
+
+    def check_header(header: list[str]) -> None:
+        fmt = detect_format(header)
+        if fmt is None:
+            raise UserError(f"{path}:1: not an arch list: columns {header[:8]}{' ...' if len(header) > 8 else ''} "
+                            f"match no known format ({known})")
+        if fmt is SEED:
+            check_seed_header(path, header)
+        found.append(fmt)
+
+    header, rows = read_table(path, "arch list", f"the header of an arch list - {known}", check_header)
+    fmt = found[0]
     if fmt is SEED:
-        check_seed_header(path, header)
         id_i, arch_i, res_i = NET_ID, NET_STR, RESOLUTION
     else:
         dup = sorted({h for h in header if header.count(h) > 1})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 from pathlib import Path
+from typing import Callable
 
 from blockprof.common.errors import UserError
 from blockprof.core.space import Arch, DesignSpace
@@ -18,10 +19,12 @@ from blockprof.core.space import Arch, DesignSpace
 Row = tuple[int, list[str]]  # (1-based line number, fields)
 
 
-def read_table(path: str | Path, what: str, expected: str) -> tuple[list[str], list[Row]]:
+def read_table(path: str | Path, what: str, expected: str,
+               on_header: Callable[[list[str]], None] | None = None) -> tuple[list[str], list[Row]]:
     """Header (names stripped) and the non-blank data rows of `path`, each with as many
     fields as the header. `what` names the file in "not found"; `expected` says what a
-    header should look like (shown for an empty or undecodable file)."""
+    header should look like (shown for an empty or undecodable file); `on_header` checks
+    the header before any row is (a wrong header is the first thing to hear about)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{what} not found: {path}")
@@ -35,6 +38,8 @@ def read_table(path: str | Path, what: str, expected: str) -> tuple[list[str], l
             if header is None or not any(h.strip() for h in header):
                 raise UserError(f"{path}: empty file (expected {expected})")
             header = [h.strip() for h in header]
+            if on_header is not None:
+                on_header(header)
             rows: list[Row] = []
             line_no = reader.line_num + 1
             for row in reader:

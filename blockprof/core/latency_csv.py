@@ -121,8 +121,8 @@ def select_device(records: list[LatencyRecord], device: str | None, path: Path,
 
 
 def _read_rows(path: Path, space: DesignSpace, require_latency: bool) -> list[LatencyRecord]:
-    header, rows = read_table(path, "latency CSV", f"the seed's header {','.join(HEADER)}")
-    check_seed_header(path, header)
+    _, rows = read_table(path, "latency CSV", f"the seed's header {','.join(HEADER)}",
+                         lambda header: check_seed_header(path, header))
     records: list[LatencyRecord] = []
     seen: dict[int, int] = {}
     for line_no, row in rows:

@@ -109,20 +109,22 @@ def _download(ck: Checkpoint, dest: Path) -> None:
             os.unlink(tmp)
 
 
-def resolve_checkpoint(supernet: str, checkpoint_dir: str | None = None, cache_dir: str | None = None) -> Path:
-    """Local path of the supernet's checkpoint: configured folder -> cache -> mirror -> download."""
+def resolve_checkpoint(supernet: str, checkpoint_dir: str | None = None, cache_dir: str | None = None,
+                       setting: str = "metric.accuracy.checkpoint_dir") -> Path:
+    """Local path of the supernet's checkpoint: configured folder -> cache -> mirror -> download.
+    `setting` is the config key that names the folder (errors point the user at it)."""
     ck = CHECKPOINTS.get(supernet)
     if checkpoint_dir:  # configured: it must hold the file, no silent fallback
         d = Path(checkpoint_dir).expanduser()
         for name in _candidates(supernet):
             if (d / name).is_file():
                 return d / name
-        raise UserError(f"metric.accuracy.checkpoint_dir {d} holds no checkpoint for {supernet} "
+        raise UserError(f"{setting} {d} holds no checkpoint for {supernet} "
                         f"(looked for {', '.join(_candidates(supernet))})"
                         + (f"; official copy: {ck.url}" if ck else ""))
     if ck is None:
         raise UserError(f"OFA published no supernet checkpoint '{supernet}' (known: {', '.join(CHECKPOINTS)}); "
-                        "set metric.accuracy.checkpoint_dir to a folder holding your own")
+                        f"set {setting} to a folder holding your own")
     cached = (Path(cache_dir).expanduser() if cache_dir else default_cache_dir()) / ck.relpath
     if cached.is_file():
         return cached
@@ -134,7 +136,7 @@ def resolve_checkpoint(supernet: str, checkpoint_dir: str | None = None, cache_d
     except Exception as e:  # network down, HTTP error, unwritable cache, a web page instead of the file
         reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
         raise UserError(f"supernet checkpoint {supernet} not found and download failed ({reason}); download "
-                        f"{ck.url} and place it at {cached}, or set metric.accuracy.checkpoint_dir to a folder "
+                        f"{ck.url} and place it at {cached}, or set {setting} to a folder "
                         f"holding {ck.filename}") from None
     return cached
 
@@ -191,6 +193,15 @@ def load_supernet(space: DesignSpace, path: Path, allow_pickle: bool = False) ->
 
 
 # ------------------------------------------------------------------ BatchNorm re-calibration
+def imagenet_train_dir(cfg) -> Path | None:
+    """The ImageNet train split the config names (`data.train_dir`, else `data.imagenet`/train),
+    or None: where BatchNorm statistics are re-calibrated from."""
+    d = cfg.get("data") or {}
+    if d.get("train_dir"):
+        return Path(str(d.train_dir)).expanduser()
+    return Path(str(d.imagenet)).expanduser() / "train" if d.get("imagenet") else None
+
+
 @torch.no_grad()
 def set_running_statistics(net: torch.nn.Module, images: torch.Tensor, batch_size: int,
                            device: str | torch.device) -> None:
@@ -296,7 +307,7 @@ class SupernetAccuracy(Metric):
         a, d = cfg.metric.accuracy, cfg.get("data") or {}
         root = d.get("imagenet")
         root = Path(str(root)).expanduser() if root else None
-        train = d.get("train_dir") or (root / "train" if root else None)
+        train = imagenet_train_dir(cfg)
         val = d.get("val_dir") or (root / "val" if root else None)
         fast = d.get("val_fast")
         if train is None:
