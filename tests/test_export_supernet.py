@@ -140,3 +140,15 @@ def test_bad_weights_options_are_one_line(tmp_path, ckpt_dir):
         msg = str(exc.value)
         assert needle in msg and "\n" not in msg, (extra, msg)
         assert not run_dir.exists()  # refused before the run folder was written to
+
+
+def test_readme_ofa_round_trip_example_runs(capsys):
+    """The README's Python API example of to_ofa / from_ofa / build_subnet runs as written."""
+    import re
+    from conftest import REPO
+    section = (REPO / "README.md").read_text().split("## Python API", 1)[1].split("\n## ", 1)[0]
+    code = [c for c in re.findall(r"```python\n(.*?)```", section, re.S) if "build_subnet" in c]
+    assert len(code) == 1
+    exec(compile(code[0], "README.md", "exec"), {})
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.endswith(" parameters") and "|" in line and int(line.split()[-2]) > 1_000_000
