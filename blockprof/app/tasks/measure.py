@@ -110,7 +110,7 @@ def run(ctx, tracker):
     else:
         archs = sample_archs(space, base_seed, n, t.get("resolution"))
 
-    writer = LatencyCSVWriter(csv_path, space)
+    writer = LatencyCSVWriter(csv_path, space, device=str(cfg.device.name))  # a name the seed cannot read: refused now
     existing = {r.net_id: r for r in read_latency_csv(csv_path, space)} if writer.done_ids else {}
     for i, rec in existing.items():
         if i < n and rec.arch != archs[i]:
