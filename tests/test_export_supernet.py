@@ -131,6 +131,7 @@ def test_bad_weights_options_are_one_line(tmp_path, ckpt_dir):
         ([f"task.checkpoint_dir={tmp_path}"], f"task.checkpoint_dir {tmp_path} holds no checkpoint"),
         ([f"task.checkpoint_dir={ckpt_dir}", "task.target='my,phone'"], "task.target 'my,phone'"),
         ([f"task.checkpoint_dir={ckpt_dir}", f"data.imagenet={tmp_path / 'none'}"], "none"),
+        ([f"task.checkpoint_dir={ckpt_dir}", "task.target=a/b"], "not a path"),
         ([f"task.checkpoint_dir={ckpt_dir}", "task.unit=min"], "task.unit"),
     ]
     for extra, needle in cases:

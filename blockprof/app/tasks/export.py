@@ -225,6 +225,8 @@ def _target(t) -> str:
     target = str(t.target).strip()
     if not target:
         raise UserError("task.target must name the device the files are for (it goes into the manifest)")
+    if "/" in target or "\\" in target:  # it names the run folder too
+        raise UserError(f"task.target {target!r}: a device name, not a path (no '/' or '\\')")
     return seed_field(target, "task.target")
 
 
