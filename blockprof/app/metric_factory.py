@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from blockprof.common.errors import UserError
 from blockprof.core.space import DesignSpace
-from blockprof.core.registry import spaces_with
+from blockprof.core.registry import available_spaces, build_space, spaces_with
 from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
 from blockprof.metrics.analytic import mmacs_metric, params_metric
 from blockprof.metrics.base import Metric
@@ -42,9 +42,22 @@ def _unavailable(cfg, name: str, space_name: str) -> tuple[str, bool] | None:
             try:
                 lut_latency(cfg, _space(cfg))
             except UserError as exc:
-                return (f"device {cfg.device.name} does not cover space {space_name}: {exc}; pick a device that "
-                        f"does, or a metric set without latency (metric=no_latency)"), False
+                return (f"device {cfg.device.name} has no latency lookup table for space {space_name} (spaces with "
+                        f"one: {', '.join(_covered_spaces(cfg)) or 'none of the shipped ones'}): {exc}; pick a "
+                        "device that covers it, or a metric set without latency (metric=no_latency)"), False
     return None
+
+
+def _covered_spaces(cfg) -> list[str]:
+    """The shipped spaces whose every layer the device's tables hold (read from the tables)."""
+    out = []
+    for name in available_spaces():
+        try:
+            lut_latency(cfg, build_space(name))
+        except UserError:
+            continue
+        out.append(name)
+    return out
 
 
 def _space(cfg) -> DesignSpace:
