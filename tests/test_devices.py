@@ -185,3 +185,29 @@ def test_compare_checks_every_device_before_profiling_any(tmp_path, capsys):
                     "--out", str(out)]) == 2
     assert "device w10phone has no latency lookup table for space mbv3" in capsys.readouterr().err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------ the README's walk-through
+def test_readme_own_device_walkthrough_runs_as_written(tmp_path, monkeypatch):
+    """Both device files of the README's "Your own device" section, as written, in a
+    config folder under a stand-in home: the table device profiles, the engine device builds."""
+    from conftest import REPO
+
+    section = (REPO / "README.md").read_text().split("### Your own device", 1)[1].split("\n## ", 1)[0]
+    files = re.findall(r"```yaml\n# ~/myconf/device/(\w+)\.yaml\n(.*?)```", section, re.S)
+    assert [name for name, _ in files] == ["myphone", "mybox"]
+    home = tmp_path / "home"
+    (home / "myconf" / "device").mkdir(parents=True)
+    for name, body in files:
+        (home / "myconf" / "device" / f"{name}.yaml").write_text(body)
+    (home / "myphone_tables").mkdir()
+    for r in (160, 176, 192, 208, 224):
+        (home / "myphone_tables" / f"{r}_lookup_table.yaml").symlink_to(NOTE10 / f"{r}_lookup_table.yaml")
+    monkeypatch.setenv("HOME", str(home))
+    res = run_cli(["--config-dir", str(home / "myconf"), "device=myphone", "debug=one_slot", "tracking=none",
+                   f"paths.output_root={tmp_path}/out"], cwd=tmp_path, env={"HOME": str(home)})
+    assert res.returncode == 0, res.stderr
+    assert list((tmp_path / "out" / "runs" / "profile" / "mbv3-myphone").glob("*/summary.csv"))
+    cfg = blockprof.compose(["device=mybox", "metric.names=[latency]"], config_dir=str(home / "myconf"))
+    lat = blockprof.metrics_for(cfg)["latency"]  # the protocol's checks run here (4 threads need the wall clock)
+    assert (lat.threads, lat.proto.clock, lat.engine.name) == (4, "wall", "onnxruntime")
