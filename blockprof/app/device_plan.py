@@ -55,7 +55,7 @@ def plan_device(device: str, space: str, sets: list[str], config_dir: str | None
     lat = cfg.device.latency
     if lat.source == "lut":
         from blockprof.app.metric_factory import lut_latency
-        return DevicePlan(device, [], f"table {Path(str(lut_latency(cfg, space_from_config(cfg)).source)).name}")
+        return DevicePlan(device, [], f"lookup table {Path(str(lut_latency(cfg, space_from_config(cfg)).source)).name}")
     if lat.source == "predictor":
         return DevicePlan(device, [], f"predictor {resolve_path(lat.checkpoint, cfg).name}")
     ckpt, csv = resolve_path(lat.checkpoint, cfg), resolve_path(lat.csv, cfg)

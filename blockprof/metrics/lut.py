@@ -370,6 +370,9 @@ def _transferred(space: DesignSpace, t: Table) -> LUTLatency:
                       lambda l, r: f"{keyf(ref_of[(l, r)])} (reference of {l}) @ {r}", t.origin)
 
 
+_announced: set[tuple[str, str]] = set()
+
+
 def table_latency(space: DesignSpace, tables: list[Table]) -> LUTLatency:
     """Latency from the first table that holds every layer the space can have; else one
     line naming, per table, what it lacks."""
@@ -380,7 +383,9 @@ def table_latency(space: DesignSpace, tables: list[Table]) -> LUTLatency:
         except UserError as exc:
             reasons.append(str(exc))
             continue
-        log.info("latency of %s from lookup table %s", space.name, t.describe())
+        if (space.name, t.origin) not in _announced:  # coverage checks and the run build it alike: say it once
+            _announced.add((space.name, t.origin))
+            log.info("latency of %s from lookup table %s", space.name, t.describe())
         return metric
     if len(reasons) == 1:
         raise UserError(reasons[0])
