@@ -144,12 +144,12 @@ def _fill_hv_reference(cfg, scfg, cost: str, ctx=None) -> None:
     ref = dict(scfg.hv_reference or {})
     space_ref = cfg.space.get("hv_reference") or {}
     device = None
-    if cost == "latency" and ctx is not None:
+    limits = dict(scfg.cost_limits or {})
+    if cost == "latency" and ctx is not None and (ref.get("latency") is None or limits.get("latency") is None):
         from blockprof.app.device import device_costs
         device = device_costs(cfg, ctx.space, ctx.metrics.get("latency"))
         if device.origin != "device file":
             log.info("latency cost scale of %s on %s: %s", cfg.space.name, cfg.device.name, device.origin)
-        limits = dict(scfg.cost_limits or {})
         if limits.get("latency") is None and device.cost_limits is not None:
             limits["latency"] = list(device.cost_limits)
             scfg.cost_limits = limits
