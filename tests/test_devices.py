@@ -102,6 +102,27 @@ def test_a_192_to_224_px_table_serves_those_resolutions_only(tmp_path):
         blockprof.score(cfg, [])
 
 
+def test_a_proxylessnas_format_file_is_detected_and_transferred_by_declaration(tmp_path):
+    """ProxylessNAS's single-file table (format read from its keys): pn (w1.3, 160-224 px)
+    only through the declared MAC transfer, exactly as note10 serves pn."""
+    shutil.copy(SHARED_ASSETS / "proxylessnas" / "mobile_trim.yaml", tmp_path / "pixel1.yaml")
+    conf = _device(tmp_path / "myconf", "pixel1", f"latency:\n  table: {tmp_path / 'pixel1.yaml'}\n")
+    cfg = blockprof.compose(["device=pixel1", "space=pn", "metric=efficiency"], config_dir=str(conf))
+    with pytest.raises(UserError, match=re.escape("space pn (mbconv width 1.3) at 160 px: no table for that "
+                                                  "resolution in ") + r".*\(proxyless keys, 224 px\)"):
+        blockprof.score(cfg, [])
+    cfg = blockprof.compose(["device=pixel1", "space=pn", "space.resolutions=[224]", "metric=efficiency"],
+                            config_dir=str(conf))
+    with pytest.raises(UserError, match=re.escape("first missing layer 'Conv-input:224x224x3-output:112x112x40'")):
+        blockprof.score(cfg, [])
+    cfg = blockprof.compose(["device=pixel1", "space=pn", "device.latency.transfer=macs", "metric=efficiency"],
+                            config_dir=str(conf))
+    pn = build_space("pn")
+    archs = pn.sample(np.random.default_rng(4), 40)
+    n10 = blockprof.score(blockprof.compose(["space=pn", "metric=efficiency"]), archs)["latency"]
+    np.testing.assert_array_equal(blockprof.score(cfg, archs)["latency"], n10)
+
+
 def test_a_space_the_device_does_not_cover_is_one_line_exit_2(tmp_path):
     res = run_cli(["space=resnet50", "debug=one_slot", f"paths.output_root={tmp_path}/out"], cwd=tmp_path)
     err = [line for line in res.stderr.splitlines() if line.strip()]

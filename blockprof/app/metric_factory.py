@@ -107,7 +107,24 @@ def lut_latency(cfg, space):
     lat = cfg.device.latency
     table = lat.get("table")
     table = OmegaConf.to_container(table, resolve=True) if OmegaConf.is_config(table) else table
+    table = _resolve_tables(table, cfg)
     return lookup_table_latency(space, table, str(lat.get("format") or "auto"), str(lat.get("transfer") or "none"))
+
+
+def _resolve_tables(table, cfg):
+    """Relative table paths are taken from the launch directory, as every configured path."""
+    from blockprof.infra.tracking import resolve_path
+    from blockprof.metrics.lut import ASSET_PREFIX
+
+    def one(path):
+        s = str(path)
+        return s if s.startswith(ASSET_PREFIX) else str(resolve_path(s, cfg))
+    if isinstance(table, list):
+        return [{**t, "path": one(t["path"])} if isinstance(t, dict) and "path" in t else
+                (t if isinstance(t, dict) else one(t)) for t in table]
+    if isinstance(table, dict):
+        return {**table, "path": one(table["path"])} if "path" in table else table
+    return None if table is None else one(table)
 
 
 def measured_latency(cfg, space):
