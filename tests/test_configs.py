@@ -42,7 +42,8 @@ def test_every_group_has_options():
 def test_user_device_from_config_dir(tmp_path):
     mine = tmp_path / "myconf" / "device"
     mine.mkdir(parents=True)
-    (mine / "mypi.yaml").write_text("defaults:\n  - /schema/device/latency/lut@latency\n  - _self_\nname: mypi\n")
+    (mine / "mypi.yaml").write_text("defaults:\n  - /schema/device/latency/lut@latency\n  - _self_\nname: mypi\n"
+                                    "latency:\n  table: asset:ofa/note10\n")
     cfg = compose(["device=mypi"], config_dir=str(tmp_path / "myconf"))
     assert cfg.device.name == "mypi" and cfg.device.latency.source == "lut"
     res = run_cli(["--config-dir", str(tmp_path / "myconf"), "device=mypi", "debug=one_slot", "tracking=none",

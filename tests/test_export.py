@@ -20,7 +20,21 @@ from blockprof.predictors.train import load_checkpoint
 from conftest import REPO, compose, run_cli
 
 NOTE10 = ["space=mbv3", "device=note10", "tracking=none"]
-PHONE = ["space=mbv3", "device=npu", "device.name=myphone", "tracking=none"]  # a device blockprof cannot reach
+PHONE = ["space=mbv3", "device=myphone", "tracking=none"]  # a device blockprof cannot reach, from a user's folder
+
+
+def _phone_conf(tmp_path):
+    """The user's own device file: a predictor device named after its option."""
+    d = tmp_path / "myconf" / "device"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "myphone.yaml").write_text("defaults:\n  - /schema/device/latency/predictor@latency\n  - _self_\n"
+                                    "name: myphone\n")
+    return str(tmp_path / "myconf")
+
+
+def _compose_phone(overrides, tmp_path):
+    from blockprof.app.compose import compose as compose_config
+    return compose_config([*PHONE, *overrides, f"paths.output_root={tmp_path / 'o'}"], config_dir=_phone_conf(tmp_path))
 
 
 def _time_manifest(manifest, out, *extra):
@@ -41,8 +55,8 @@ def test_front_exported_timed_and_trained_end_to_end(tmp_path):
     assert len(front) >= 5
 
     # 2. export: one ONNX file per (arch, resolution) and a manifest in the seed's format
-    res = execute(compose([*PHONE, "task=export", f"task.archs_csv={front_csv}",
-                           f"task.out_dir={tmp_path / 'export'}"], tmp_path / "o"), run_dir=tmp_path / "run_export")
+    res = execute(_compose_phone(["task=export", f"task.archs_csv={front_csv}",
+                                  f"task.out_dir={tmp_path / 'export'}"], tmp_path), run_dir=tmp_path / "run_export")
     manifest = tmp_path / "export" / "manifest.csv"
     assert res["manifest"] == manifest and res["written"] == len(front) and res["kept"] == 0
     man = pd.read_csv(manifest, keep_default_na=False)
@@ -83,9 +97,9 @@ def test_front_exported_timed_and_trained_end_to_end(tmp_path):
 
     # 4. the filled CSV trains a predictor through task=train_predictor
     ckpt = tmp_path / "myphone_gnn.pt"
-    out = execute(compose([*PHONE, "task=train_predictor", f"task.csv={filled}", f"task.checkpoint={ckpt}",
-                           "task.model=gnn", "task.max_epochs=15", "task.patience=15", "task.hidden=8",
-                           "task.split=[0.6,0.2,0.2]", "task.log_model=false"], tmp_path / "o"),
+    out = execute(_compose_phone(["task=train_predictor", f"task.csv={filled}", f"task.checkpoint={ckpt}",
+                                  "task.model=gnn", "task.max_epochs=15", "task.patience=15", "task.hidden=8",
+                                  "task.split=[0.6,0.2,0.2]", "task.log_model=false"], tmp_path),
                   run_dir=tmp_path / "run_train")
     assert ckpt.is_file() and np.isfinite(out["test"]["mape"])
     model, meta = load_checkpoint(ckpt, space)
@@ -93,10 +107,10 @@ def test_front_exported_timed_and_trained_end_to_end(tmp_path):
     pred = model.predict([r.arch for r in recs])
     assert pred.shape == (len(recs),) and (pred > 0).all()
 
-    # ...and, as the device's default CSV, serves `device=npu device.name=myphone` (trained there on first use)
+    # ...and, as the device's default CSV, serves `device=myphone` (trained there on first use)
     from blockprof.app.metric_factory import build_metrics
-    cfg = compose([*PHONE, "task=evaluate", f"paths.data_dir={tmp_path / 'data'}",
-                   "+device.latency.train.max_epochs=3"], tmp_path / "o")
+    cfg = _compose_phone(["task=evaluate", f"paths.data_dir={tmp_path / 'data'}",
+                          "+device.latency.train.max_epochs=3"], tmp_path)
     lat = build_metrics(cfg, space)["latency"]
     lat.bind_run_dir(tmp_path / "run_first_use")
     assert (lat.evaluate([r.arch for r in recs[:3]]) > 0).all()

@@ -1,5 +1,7 @@
 """Metrics against the real thing: torchprofile and numel on real OFA subnets, OFA's own
 predictor and lookup-table code, hand sums."""
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +10,7 @@ import yaml
 from blockprof.common.errors import UserError
 from blockprof.metrics.measured import MeasuredLatency
 from blockprof.metrics.accuracy_predictor import OFAAccuracyPredictor
-from blockprof.metrics.lut import ProxylessMobileLatency, lookup_table_latency, note10_latency
+from blockprof.metrics.lut import NOTE10_TABLES, lookup_table_latency, note10_latency, proxyless_mobile_latency
 from blockprof.metrics.analytic import mmacs_metric, params_metric
 from blockprof.core.registry import build_space
 
@@ -89,7 +91,7 @@ def test_note10_latency_matches_ofa_latency_table_logic():
 def test_pn_latency_is_exact_where_the_table_is():
     """At w1.0, 224 px and expand 3/6 the transfer rule reduces to the plain table sum."""
     ref = build_space("pn", resolutions=(224,), width_mult=1.0)
-    metric = ProxylessMobileLatency(ref)
+    metric = proxyless_mobile_latency(ref)
     with open(SHARED_ASSETS / "proxylessnas" / "mobile_trim.yaml") as f:
         t = yaml.safe_load(f)
     tok = "mbconv2_e6_k5"
@@ -105,7 +107,7 @@ def test_pn_latency_is_exact_where_the_table_is():
     expected += t["Logits-input:7x7x1280-output:1000"]["mean"]
     assert metric.evaluate([arch])[0] == pytest.approx(expected, rel=1e-9)
     pn = build_space("pn")
-    vals = ProxylessMobileLatency(pn).evaluate(pn.sample(np.random.default_rng(0), 200))
+    vals = proxyless_mobile_latency(pn).evaluate(pn.sample(np.random.default_rng(0), 200))
     assert np.isfinite(vals).all() and (vals > 0).all()
 
 
@@ -165,15 +167,28 @@ def test_accuracy_predictor_follows_the_family_not_the_name():
     np.testing.assert_allclose(plain.evaluate(archs), OFAAccuracyPredictor(mbv3).evaluate(archs), atol=1e-4)
 
 
-def test_lookup_table_is_the_one_the_space_declares():
+def test_the_note10_device_serves_each_space_from_the_table_that_holds_it():
+    """note10's two tables: OFA's per-resolution folder serves mbv3, ProxylessNAS's single
+    file serves pn (MAC transfer); chosen by what their keys hold, not by the space."""
     mbv3, pn = build_space("mbv3"), build_space("pn")
     archs = mbv3.sample(np.random.default_rng(6), 50)
-    np.testing.assert_array_equal(lookup_table_latency(mbv3).evaluate(archs), note10_latency(mbv3).evaluate(archs))
+    both = lookup_table_latency(mbv3, NOTE10_TABLES)
+    assert both.source == "asset:ofa/note10"
+    np.testing.assert_array_equal(both.evaluate(archs), note10_latency(mbv3).evaluate(archs))
     pa = pn.sample(np.random.default_rng(6), 50)
-    np.testing.assert_array_equal(lookup_table_latency(pn).evaluate(pa), ProxylessMobileLatency(pn).evaluate(pa))
-    for name in ("resnet50", "mbv3_w10"):
-        with pytest.raises(UserError, match=f"space {name} has no latency lookup table"):
-            lookup_table_latency(build_space(name))
+    lp = lookup_table_latency(pn, NOTE10_TABLES)
+    assert lp.source == "asset:proxylessnas/mobile_trim.yaml"
+    np.testing.assert_array_equal(lp.evaluate(pa), proxyless_mobile_latency(pn).evaluate(pa))
+    # mbv3 w1.0: the stem's key encodes 16 channels, the w1.2 tables hold 24
+    with pytest.raises(UserError, match=re.escape("space mbv3_w10 (mbconv width 1.0, 160 px): first missing "
+                                                  "layer 'Conv-input:160x160x3-output:80x80x16'")):
+        lookup_table_latency(build_space("mbv3_w10"), NOTE10_TABLES[:1])
+    with pytest.raises(UserError, match=re.escape("space resnet50 (resnet) at 128 px: no table for that resolution")):
+        lookup_table_latency(build_space("resnet50"), NOTE10_TABLES)
+    # a space reduced to resolutions the table holds is served; one beyond them is named
+    assert lookup_table_latency(mbv3.variant(resolutions=(192, 224)), NOTE10_TABLES[:1]).source
+    with pytest.raises(UserError, match="at 240 px: no table for that resolution"):
+        lookup_table_latency(mbv3.variant(resolutions=(224, 240)), NOTE10_TABLES[:1])
 
 
 def test_measured_latency_reports_values_and_spread():

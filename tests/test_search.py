@@ -422,7 +422,7 @@ def test_resume_refuses_a_different_search(cfg_factory, tmp_path):
 
 
 def test_constrained_strategies_keep_to_the_constraint(cfg_factory, tmp_path):
-    res = execute(cfg_factory("search=rm_cons_acc", "space=resnet50", "task=search", "search.budget=300",
+    res = execute(cfg_factory("search=rm_cons_acc", "space=resnet50", "metric=no_latency", "task=search", "search.budget=300",
                               "search.constraint.mmacs=1500", "tracking=none"), run_dir=tmp_path / "res")
     scored = res["scored"]
     assert (scored["mmacs"] <= 1500).all() and "latency" not in scored.columns  # auto -> mmacs
@@ -595,7 +595,8 @@ def test_a_wrongly_typed_search_option_fails_while_composing(cfg_factory):
      "no arch of the search space meets latency <= 1"),
     (["search=evolution", "search.insight=max_acc", "search.constraint.latency=10", "search.init_max_checks=3000"],
      "no arch of the search space meets latency <= 10"),
-    (["search=rm_cons_acc", "space=resnet50", "search.constraint.mmacs=100", "search.init_max_checks=2000"],
+    (["search=rm_cons_acc", "space=resnet50", "metric=no_latency", "search.constraint.mmacs=100",
+      "search.init_max_checks=2000"],
      "no arch of the search space meets mmacs <= 100"),
     (["search._target_=search.strategies.Nope", "search.name=nope"], "unknown search strategy 'nope'"),
     (["search._target_=blockprof.space.Arch"], "unknown search strategy 'rm_pareto'"),
@@ -604,7 +605,7 @@ def test_a_wrongly_typed_search_option_fails_while_composing(cfg_factory):
     (["search=evolution", "search.constraint.latency=null"], "search.constraint.latency is not set"),
     (["space=pn", "device=note10", "search.insight=max_acc"], "set metric.accuracy.source=supernet"),
     (["space=pn", "search.insight=note10"], "metric.accuracy.source=supernet"),
-    (["space=resnet50", "search.cost=latency"], "search.cost=latency, but this run's metrics are"),
+    (["space=resnet50", "metric=no_latency", "search.cost=latency"], "search.cost=latency, but this run's metrics are"),
     (["metric.names=[mmacs,latency]"], "search needs the accuracy metric"),
     (["search.insight=tpu"], "unknown search.insight 'tpu' for space mbv3 (choose from full, npu"),
     (["search.resolutions=[100]"], "resolution 100 is not in space mbv3"),

@@ -20,6 +20,7 @@ import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from blockprof.app.device import check_identity, hydra_device_choice
 from blockprof.app.errors import one_line_user_error
 from blockprof.app.metric_factory import build_metrics, check_metric_config
 from blockprof.app.rundir import run_dir_of
@@ -93,6 +94,7 @@ def validate(cfg: DictConfig) -> None:
     for key in GROUPS:
         if key not in cfg:
             raise UserError(f"config lacks the '{key}' group")
+    check_identity(cfg, hydra_device_choice(), _hydra_overrides())
     extra = unknown_keys(cfg)
     if extra:
         key, known = extra[0]
@@ -107,6 +109,15 @@ def validate(cfg: DictConfig) -> None:
                         f"(got {len(name)})")
     check_writable(resolve_output_root(cfg), "paths.output_root")
     check_metric_config(cfg, cfg.space.name, notify=False)
+
+
+def _hydra_overrides() -> list[str]:
+    """The command line's overrides of the Hydra job this process runs (none outside one)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    except Exception:  # noqa: BLE001
+        return []
 
 
 def check_writable(path: Path, what: str) -> None:

@@ -33,17 +33,29 @@ class SpaceConfig:
 # ------------------------------------------------------------------ device latency variants
 @dataclass
 class LatencyConfig:
+    """What every device carries besides its source: its cost scale. Latencies are in ms.
+
+    hv_reference / cost_limits: the search's hypervolume reference and default
+    `search.cost_limits.latency` on this device; a number (a list) for every space, or a
+    mapping space name -> value. Unset for a space: derived from the device's own data
+    (blockprof.app.device.device_costs), so a search aims at budgets that exist there.
+    """
     # the source picks the builder: blockprof.app.metric_factory.<source>_latency(cfg, space)
     _target_: str = "blockprof.app.metric_factory.${.source}_latency"
     source: str = MISSING
-    hv_reference: Optional[float] = None  # ms: the search hypervolume's latency reference on this device
+    hv_reference: Any = None   # ms, or {space: ms}
+    cost_limits: Any = None    # [ms, ...], or {space: [ms, ...]}
 
 
 @dataclass
 class LUTLatencyConfig(LatencyConfig):
-    """Per-layer lookup tables shipped by OFA / ProxylessNAS."""
+    """Per-layer lookup tables; what they cover is read from their keys (blockprof.metrics.lut)."""
     source: str = "lut"
-    table: Optional[str] = None  # explicit file or folder instead of the downloaded tables
+    # a folder of <resolution>_lookup_table.yaml files, one YAML table, `asset:<published table>`,
+    # or a list of these ({path, format, transfer} entries allowed): the first that covers the space serves it
+    table: Any = None
+    format: str = "auto"       # auto | ofa | proxyless: the tables' key format (auto: read from the keys)
+    transfer: str = "none"     # none | macs: serve other widths/resolutions by MAC ratio (an estimate)
 
 
 @dataclass
@@ -75,6 +87,10 @@ class MeasuredLatencyConfig(PredictorLatencyConfig):
 
 @dataclass
 class DeviceConfig:
+    # the device's identity: the name of its option (conf/device/<name>.yaml or one in
+    # --config-dir); a run whose device.name differs from the option is refused
+    # (blockprof.app.device.check_identity), so no folder, tag or title names a device
+    # whose latencies the run did not use
     name: str = MISSING
     latency: Any = MISSING     # one of the latency variants above
 

@@ -18,7 +18,8 @@ that subclasses it and owns everything else about the family:
 - slots: `parse_slot`, `slots`, `slot_columns`, `describe`, `force`;
 - `new_supernet` (the OFA supernet), `ops_class` (the search's `FamilyOps`);
 - what exists beyond the structure: `capabilities` (public accuracy predictor,
-  lookup table, supernet checkpoint) and `insight_names` (insight profile files).
+  supernet checkpoint; latency tables belong to devices, which read their coverage
+  from the tables' keys) and `insight_names` (insight profile files).
 
 A space is built from keyword arguments (`name`, `resolutions`, `width_mult`,
 family parameters), so a config node with `_target_: <family class>` builds it;
@@ -87,11 +88,9 @@ class Capabilities:
     """What exists for a space beyond its structure; metrics and the app ask here.
 
     accuracy_predictor: OFA's public predictor fitting the space (None: none published).
-    lookup_table: kind of per-layer latency table (a key of `blockprof.metrics.lut.LOOKUP_TABLES`).
     supernet_checkpoint: name of the published trained supernet (None: bring your own).
     """
     accuracy_predictor: AccuracyPredictorAsset | None = None
-    lookup_table: str | None = None
     supernet_checkpoint: str | None = None
 
 

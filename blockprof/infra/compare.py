@@ -27,8 +27,12 @@ between every pair of devices (block preferences differ per device):
     python -m blockprof.compare --devices local_cpu ort_cpu openvino_cpu note10 --archs 20
     python -m blockprof.compare --profile-run outputs/runs/profile/mbv3-ort_cpu/<time> --profile-run ...
 
-``--devices`` profiles each device first (``task=profile metric.names=[latency]``, every
-slot, ``--archs`` archs per slot, through the blockprof command; extra ``--set key=value``
+``--devices`` checks every device first (an unknown device, or a space it does not cover,
+stops before anything is profiled), then profiles each (``task=profile
+metric.names=[latency]``, every slot, ``--archs`` archs per slot, through the blockprof
+command; ``--config-dir`` devices too). A measured device is profiled through its
+predictor when one exists for (space, device) and timed directly only with ``--time``;
+each panel's title says where its latency came from. Extra ``--set key=value``
 overrides go to every profile, ``--set <device>:key=value`` to one, e.g.
 ``--set ort_cpu:device.latency.source=predictor`` to use the predictor trained on that
 device's task=measure CSV); ``--profile-run`` takes finished
@@ -288,8 +292,10 @@ def _markdown(corr: pd.DataFrame, title: str) -> list[str]:
                     for i, row in zip(corr.index, corr.to_numpy())]
 
 
-def profile_devices(devices: list[str], space: str, archs: int, out: Path, sets: list[str]) -> list[Path]:
-    """A latency-only block profile per device through the blockprof command; the run folders."""
+def profile_devices(devices: list[str], space: str, archs: int, out: Path, sets: list[str],
+                    config_dir: str | None = None, extra: dict[str, list[str]] | None = None) -> list[Path]:
+    """A latency-only block profile per device through the blockprof command; the run folders.
+    `extra` holds per-device overrides decided by the caller's checks (e.g. use the predictor)."""
     import subprocess
 
     dirs = []
@@ -298,9 +304,10 @@ def profile_devices(devices: list[str], space: str, archs: int, out: Path, sets:
         # `key=value` goes to every device, `device:key=value` to that device only
         mine = [x.split(":", 1)[1] if ":" in x.split("=", 1)[0] else x for x in sets
                 if ":" not in x.split("=", 1)[0] or x.split(":", 1)[0] == d]
-        cmd = [sys.executable, "-m", "blockprof.cli", "task=profile", f"space={space}", f"device={d}",
+        cmd = [sys.executable, "-m", "blockprof.cli", *(["--config-dir", str(config_dir)] if config_dir else []),
+               "task=profile", f"space={space}", f"device={d}",
                "metric.names=[latency]", f"task.num_archs={archs}", "tracking=none", f"hydra.run.dir={run_dir}",
-               *mine]
+               *(extra or {}).get(d, []), *mine]
         print(f"compare: profiling {space} on {d} ({archs} archs per slot) -> {run_dir}", flush=True)
         r = subprocess.run(cmd)
         if r.returncode != 0:
@@ -321,8 +328,10 @@ def _run_label(run_dir: Path) -> tuple[str, str]:
     return sp, dev or name
 
 
-def compare_devices(run_dirs: list[Path], out: Path, metric: str = "latency") -> dict:
-    """Side-by-side heatmaps and the device rank-correlation table of profile run folders."""
+def compare_devices(run_dirs: list[Path], out: Path, metric: str = "latency",
+                    sources: dict[str, str] | None = None) -> dict:
+    """Side-by-side heatmaps and the device rank-correlation table of profile run folders;
+    `sources` (device -> where its latency came from) goes into each panel's title."""
     from blockprof.infra.plots import close
 
     panels, spaces = [], set()
@@ -336,7 +345,8 @@ def compare_devices(run_dirs: list[Path], out: Path, metric: str = "latency") ->
         sp, dev = _run_label(d)
         spaces.add(sp)
         n = int(summary["n"].iloc[0]) if "n" in summary else 0
-        panels.append((f"{dev} ({n} archs/slot)", summary))
+        src = (sources or {}).get(dev)
+        panels.append((f"{dev} ({n} archs/slot{', ' + src if src else ''})", summary))
     if len(spaces) != 1:
         raise UserError(f"the profiles are of several spaces {sorted(spaces)}; compare one space at a time")
     space = spaces.pop()
@@ -418,7 +428,11 @@ def compare(sweeps: list[str], uri: str, experiment: str = "blockprof", out: Pat
     return {"table": table, "files": files, "out": out}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, plan_devices=None) -> int:
+    """The command. `plan_devices(devices, space, sets, config_dir, time_directly)` checks
+    every --devices device before any is profiled and returns, per device, the overrides
+    and the latency source to use (blockprof.app.device_plan, passed in by the
+    `python -m blockprof.compare` entry: this layer does not compose configs)."""
     ap = argparse.ArgumentParser(prog="python -m blockprof.compare", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sweep", action="append",
                     help="a sweep folder, its tag value, or 'latest' (repeat for several)")
@@ -428,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--archs", type=int, default=20, help="archs per slot for --devices (default 20)")
     ap.add_argument("--set", action="append", default=[],
                     help="extra override for --devices profiles: key=value (all) or device:key=value (one)")
+    ap.add_argument("--config-dir", help="a folder of your own config groups (device/<name>.yaml), as for run.py")
+    ap.add_argument("--time", action="store_true",
+                    help="time measured devices that have no predictor directly (slow: every profiled subnet)")
     ap.add_argument("--uri", help="tracking URI (default: $MLFLOW_TRACKING_URI, else the local store)")
     ap.add_argument("--output-root", default="outputs", help="the runs' paths.output_root (default outputs)")
     ap.add_argument("--experiment", default="blockprof", help="MLflow experiment (default blockprof)")
@@ -441,9 +458,15 @@ def main(argv: list[str] | None = None) -> int:
         try:
             out = Path(args.out) if args.out else Path(args.output_root) / "compare" / "devices"
             dirs = [Path(p) for p in args.profile_run or []]
+            sources: dict[str, str] = {}
             if args.devices:
-                dirs += profile_devices(args.devices, args.space, args.archs, out, args.set)
-            res = compare_devices(dirs, out)
+                extra: dict[str, list[str]] = {}
+                if plan_devices is not None:  # every device checked before any is profiled
+                    plans = plan_devices(args.devices, args.space, args.set, args.config_dir, args.time)
+                    extra = {p.device: p.overrides for p in plans}
+                    sources = {p.device: p.source for p in plans}
+                dirs += profile_devices(args.devices, args.space, args.archs, out, args.set, args.config_dir, extra)
+            res = compare_devices(dirs, out, sources=sources)
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2

@@ -51,7 +51,8 @@ class SearchConfig:
     iterations: Optional[int] = None        # null: run until the budget is spent; n: stop after n iterations too
     stall_iterations: int = 3               # stop after this many iterations in a row without a new arch
     hv_reference: Dict[str, Any] = field(default_factory=lambda: {"accuracy": None, "latency": None, "mmacs": None})
-    cost_limits: Dict[str, Any] = field(default_factory=lambda: {"latency": [15.0, 20.0, 25.0, 30.0], "mmacs": None})
+    # latency: null -> the device's (blockprof.app.device.device_costs); null otherwise -> quantiles of the initial set
+    cost_limits: Dict[str, Any] = field(default_factory=lambda: {"latency": None, "mmacs": None})
     plot: bool = True
 
 

@@ -118,7 +118,7 @@ def prepare(ctx) -> Prepared:
     cfg, space = ctx.cfg, ctx.space
     cls, scfg = strategy_config(cfg.search)
     cost = objectives(ctx, scfg.cost)
-    _fill_hv_reference(cfg, scfg, cost)
+    _fill_hv_reference(cfg, scfg, cost, ctx)
     if int(scfg.budget) < 1:
         raise UserError(f"search.budget must be >= 1 unique evaluation, not {scfg.budget}")
     resume_dir = cfg.task.get("resume_dir")
@@ -137,14 +137,25 @@ def prepare(ctx) -> Prepared:
     return Prepared(cls, scfg, cost, work, ckpt, profile, strategy, runner)
 
 
-def _fill_hv_reference(cfg, scfg, cost: str) -> None:
+def _fill_hv_reference(cfg, scfg, cost: str, ctx=None) -> None:
     """Unset hypervolume references come from the space (accuracy, MACs, params) and the
-    device (latency), so every search of a space is measured against one point."""
+    device (latency), so every search of a space on a device is measured against one
+    point; unset latency cost limits come from the device too (blockprof.app.device)."""
     ref = dict(scfg.hv_reference or {})
     space_ref = cfg.space.get("hv_reference") or {}
+    device = None
+    limits = dict(scfg.cost_limits or {})
+    if cost == "latency" and ctx is not None and (ref.get("latency") is None or limits.get("latency") is None):
+        from blockprof.app.device import device_costs
+        device = device_costs(cfg, ctx.space, ctx.metrics.get("latency"))
+        if device.origin != "device file":
+            log.info("latency cost scale of %s on %s: %s", cfg.space.name, cfg.device.name, device.origin)
+        if limits.get("latency") is None and device.cost_limits is not None:
+            limits["latency"] = list(device.cost_limits)
+            scfg.cost_limits = limits
     for key in ("accuracy", cost):
         if ref.get(key) is None:
-            value = cfg.device.latency.get("hv_reference") if key == "latency" else space_ref.get(key)
+            value = (device.hv_reference if device is not None else None) if key == "latency" else space_ref.get(key)
             if value is not None:
                 ref[key] = float(value)
     if any(ref.get(k) is None for k in ("accuracy", cost)):

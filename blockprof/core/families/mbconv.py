@@ -77,13 +77,12 @@ def _proxyless(width_mult: float) -> MBConvBackbone:
 
 BACKBONES = {"mobilenetv3": _mobilenetv3, "proxyless": _proxyless}
 
-# What OFA and ProxylessNAS published, by (backbone, width): trained supernets, the
-# MobileNetV3 w1.2 accuracy predictor and Note10 tables. The ProxylessNAS mobile
-# table is transferred to any width by MAC ratio (see blockprof.metrics.lut).
+# What OFA published, by (backbone, width): trained supernets and the MobileNetV3 w1.2
+# accuracy predictor. Latency tables are a device's data: what a table covers is read
+# from its keys (blockprof.metrics.lut), never declared here.
 _SUPERNETS = {("mobilenetv3", 1.0), ("mobilenetv3", 1.2), ("proxyless", 1.3)}
 _ACCURACY_PREDICTORS = {("mobilenetv3", 1.2): AccuracyPredictorAsset(
     "ofa/acc_predictor.pth", (112, 128, 144, 160, 176, 192, 208, 224))}
-_LOOKUP_TABLES = {("mobilenetv3", 1.2): "note10", ("proxyless", None): "proxyless_mobile"}
 
 
 class MBConvSpace(DesignSpace):
@@ -118,7 +117,6 @@ class MBConvSpace(DesignSpace):
         key = (self.backbone.key, self.width_mult)
         return Capabilities(
             accuracy_predictor=_ACCURACY_PREDICTORS.get(key),
-            lookup_table=_LOOKUP_TABLES.get(key) or _LOOKUP_TABLES.get((self.backbone.key, None)),
             supernet_checkpoint=self.supernet if key in _SUPERNETS else None)
 
     @property
