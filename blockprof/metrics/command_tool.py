@@ -24,9 +24,11 @@ line naming the file and showing the tool's last line.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,14 +153,21 @@ class CommandEngine(_OnnxEngine):
                             "machine's PATH")
 
     def _run(self, cmd: str, file: Path, doing: str) -> str:
+        # its own session, so a timeout stops the whole tool (adb, a wrapper script), not just the shell
+        proc = subprocess.Popen(["/bin/sh", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
         try:
-            proc = subprocess.run(["/bin/sh", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                  stdin=subprocess.DEVNULL, timeout=self.timeout_s)
-        except subprocess.TimeoutExpired as e:
-            out = e.output.decode(errors="replace") if isinstance(e.output, bytes) else (e.output or "")
-            raise UserError(f"command device: {doing} {file.name} took over {self.timeout_s:g} s "
-                            f"(device.latency.timeout_s); last line: {_last_line(out)}") from None
-        out = proc.stdout.decode(errors="replace")
+            raw, _ = proc.communicate(timeout=self.timeout_s)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            raw, _ = proc.communicate()
+            raise UserError(f"command device: {doing} {file} took over {self.timeout_s:g} s "
+                            f"(device.latency.timeout_s); last line: {_last_line(raw.decode(errors='replace'))}") \
+                from None
+        out = raw.decode(errors="replace")
         if proc.returncode != 0:
             raise UserError(f"command device: {doing} {file} failed (exit {proc.returncode}); "
                             f"last line: {_last_line(out)}")

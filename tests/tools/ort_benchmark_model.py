@@ -16,9 +16,6 @@ import os
 import sys
 import time
 
-import numpy as np
-import onnxruntime as ort
-
 
 def log(msg: str) -> None:
     print(f"INFO: {msg}", file=sys.stderr, flush=True)
@@ -37,6 +34,9 @@ def main() -> int:
     if a.fail:
         print(f"ERROR: Could not open '{a.graph}'.", file=sys.stderr)
         return 1
+    import numpy as np  # after the arguments: a broken call fails as fast as a real tool's
+    import onnxruntime as ort
+
     t0 = time.perf_counter()
     so = ort.SessionOptions()
     so.intra_op_num_threads, so.inter_op_num_threads, so.log_severity_level = 1, 1, 3

@@ -230,4 +230,14 @@ class MeasureTask(Task):
     groups = ("space", "device")
 
     def run(self, ctx, tracker):
-        return run(ctx, tracker)
+        # a board or timing tool can fail on the first subnet (a wrong flag, a dropped link):
+        # files this session created and put no row into are removed again
+        csv_path = resolve_path(ctx.cfg.task.csv or ctx.cfg.device.latency.csv, ctx.cfg)
+        fresh = [p for p in (csv_path, meta_path(csv_path), rounds_path(csv_path)) if not p.exists()]
+        try:
+            return run(ctx, tracker)
+        except UserError:
+            if csv_path in fresh and (not csv_path.is_file() or len(csv_path.read_text().splitlines()) <= 1):
+                for p in fresh:
+                    p.unlink(missing_ok=True)
+            raise
