@@ -200,7 +200,9 @@ class CommandEngine(_OnnxEngine):
         return ms
 
     def info(self) -> dict:
-        return {"engine": self.name, "command": self.command, "pattern": self.pattern,
+        # the tool's hardware is not this machine's: no CPU model is claimed for it
+        return {"engine": self.name, "cpu": "(the timing tool's device)", "command": self.command,
+                "pattern": self.pattern,
                 **({"convert": self.convert} if self.convert else {})}
 
     @classmethod

@@ -31,13 +31,19 @@ def _say(obj, code=0):
 
 
 def _cpu_model():
+    """x86: `model name`; ARM boards often only `Model` (Raspberry Pi) or `Hardware`."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.lower().startswith(("model name", "hardware", "processor\t: arm")):
-                    return line.split(":", 1)[1].strip()
+                key, sep, value = line.partition(":")
+                if sep and value.strip():
+                    fields.setdefault(key.strip().lower(), value.strip())
     except OSError:
         pass
+    for key in ("model name", "model", "hardware", "cpu model"):
+        if key in fields and not fields[key].isdigit():
+            return fields[key]
     import platform
     return platform.processor() or platform.machine()
 
