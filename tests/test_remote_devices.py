@@ -302,7 +302,8 @@ def test_command_device_walkthrough_and_command_line_quoting(tmp_path, onnx_cach
     csv1, csv2 = tmp_path / "tool.csv", tmp_path / "cli.csv"
     res = run_cli(["--config-dir", str(conf), "device=mytool", "task=measure", *SMALL, "task.num_archs=2",
                    "task.rounds=1", "task.warmup=0", "task.references=1", "task.retest_archs=0", f"task.csv={csv1}",
-                   "tracking=none", f"paths.output_root={tmp_path / 'out'}"], cwd=tmp_path, env={"ORT_BENCH_LOG": str(calls)})
+                   "tracking=none", f"paths.output_root={tmp_path / 'out'}"], cwd=tmp_path,
+                  env={"ORT_BENCH_LOG": str(calls)})
     assert res.returncode == 0, res.stderr[-3000:]
     space = build_space("mbv3", resolutions=[160])
     rows = read_latency_csv(csv1, space)
@@ -350,8 +351,8 @@ def test_command_failures_name_the_file_and_the_tools_last_line(tmp_path, onnx_c
     for kw, needle in [(dict(command=None), "set device.latency.command"),
                        (dict(command="trtexec --onnx=model.onnx"), "no {onnx} or {tflite} placeholder"),
                        (dict(command="benchmark_model --graph={tflite}"), "set device.latency.convert"),
-                       (dict(command="no-such-tool-here --graph={onnx}"), "'no-such-tool-here' (device.latency.command) "
-                                                                         "is not a program"),
+                       (dict(command="no-such-tool-here --graph={onnx}"),
+                        "'no-such-tool-here' (device.latency.command) is not a program"),
                        (dict(command=tool, pattern="x(["), "not a regular expression")]:
         with pytest.raises(UserError, match=None) as e:
             CommandEngine(space, 1, cache_dir=onnx_cache, **kw)

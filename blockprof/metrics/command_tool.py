@@ -70,7 +70,8 @@ def compile_pattern(pattern: str, unit: str | None) -> re.Pattern:
     try:
         rx = re.compile(text, re.DOTALL)
     except re.error as e:
-        raise UserError(f"command device: device.latency.pattern is not a regular expression ({e}): {pattern}") from None
+        raise UserError(f"command device: device.latency.pattern is not a regular expression ({e}): "
+                        f"{pattern}") from None
     if rx.groups < 1:
         raise UserError("command device: device.latency.pattern needs a group around the number, e.g. "
                         "'time: ([0-9.]+) (ms|us)'")

@@ -123,18 +123,20 @@ class SSHEngine(_OnnxEngine):
         cmd = " ".join([_remote_path(self.python), "-", "install", _remote_path(self.dir), self.engine,
                         shlex.quote(RUNNER_NAME)])
         proc = self._stream(cmd, lambda stdin: stdin.write(program.encode()))
+        said = _last_line(proc.stderr.decode(errors="replace"))
         if proc.returncode == 255:
-            raise UserError(f"ssh device {self.target}: cannot connect ({_last_line(proc.stderr.decode(errors='replace'))})")
+            raise UserError(f"ssh device {self.target}: cannot connect ({said})")
         if proc.returncode in (126, 127):  # the shell's 'not found' / 'not executable'
             raise UserError(f"ssh device {self.target}: no python at '{self.python}' on the board "
-                            f"(device.latency.python); the board said: {_last_line(proc.stderr.decode(errors='replace'))}")
+                            f"(device.latency.python); the board said: {said}")
         try:
             info = json.loads(_last_line(proc.stdout.decode(errors="replace")))
         except ValueError:
             raise self._fail(proc, "probing") from None
         if info.get("error") == "import":
             raise UserError(f"ssh device {self.target}: '{self.python}' on the board cannot import numpy and "
-                            f"{self.engine} ({info.get('detail')}); install them there (pip install numpy {self.engine})")
+                            f"{self.engine} ({info.get('detail')}); install them there "
+                            f"(pip install numpy {self.engine})")
         if proc.returncode != 0:
             raise self._fail(proc, "probing")
         self._have = {str(k): int(v) for k, v in info.pop("models", {}).items()}
