@@ -1,8 +1,8 @@
 """Measured devices that time elsewhere, against real components:
 
 * device=ssh: a real OpenSSH server on 127.0.0.1 (throw-away ed25519 keys, a free port,
-  started here and stopped after), the board's python being this interpreter, so the
-  shipped runner times with this machine's onnxruntime. Measures 5 archs, survives the
+  started here and stopped after), the board's python being the test's own interpreter, so
+  the shipped runner times with the same onnxruntime as the local ort_cpu device. Measures 5 archs, survives the
   server being killed mid-chunk, resumes with nothing timed twice.
 * device=command: a real timing tool (tests/tools/ort_benchmark_model.py: ONNX Runtime,
   printing TensorFlow Lite benchmark_model's result line), run from a --config-dir device
@@ -343,8 +343,8 @@ def test_command_failures_name_the_file_and_the_tools_last_line(tmp_path, onnx_c
         engine(tool + " --quiet").time_once(files)
     with pytest.raises(UserError, match=r"took over 0.2 s"):
         engine("sleep 5 # {onnx}", timeout_s=0.2).time_once(files)
-    # {tflite}: the conversion command runs once per arch (a copy stands in for a converter here:
-    # no TFLite converter installs on this machine; the timing tool reads the file by content)
+    # {tflite}: the conversion command runs once per arch (a copy stands in for a converter: no
+    # TFLite converter is a test dependency; the timing tool reads the file by its content)
     conv = engine(f"{sys.executable} {TOOL} --graph={{tflite}} --num_runs=1", convert="cp {onnx} {tflite}")
     ms = conv.time_once(conv.prepare(arch))
     assert ms > 0 and files.onnx.with_suffix(".tflite").is_file()
