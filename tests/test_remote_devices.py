@@ -176,8 +176,12 @@ def test_ssh_board_measures_5_archs_and_resumes_after_the_server_dies(tmp_path, 
         while sum(w == "start" for w, _, _ in _runner_log(board)) < 4:
             assert worker.is_alive(), f"measure ended before the kill: {failure}"
             assert time.monotonic() < deadline, "the board never started chunk 3"
-            time.sleep(0.01)
+            time.sleep(0.005)
+        cut = _runner_log(board)[-1]
+        # hold the runner mid-rounds while the server dies, so the cut is always inside a timing
+        os.kill(cut[1], signal.SIGSTOP)
         server.stop()
+        os.kill(cut[1], signal.SIGCONT)
         worker.join(timeout=120)
         assert len(failure) == 1 and isinstance(failure[0], UserError), failure
         message = str(failure[0])
@@ -188,7 +192,6 @@ def test_ssh_board_measures_5_archs_and_resumes_after_the_server_dies(tmp_path, 
         assert [r.net_id for r in read_latency_csv(csv_path, space)] == [0, 1, 2, 3]
 
         # the runner of the dropped connection stops by itself (its stdin closed) and never finishes
-        cut = _runner_log(board)[-1]
         assert cut[0] == "start"
         deadline = time.monotonic() + 15
         while not _gone(cut[1]):
