@@ -91,7 +91,8 @@ def upload(d):
             name = os.path.basename(m.name)
             if not m.isfile() or name != m.name or name.startswith("."):
                 continue  # only plain files, flat: nothing lands outside DIR/models
-            src, tmp = tar.extractfile(m), os.path.join(models, name + ".part")
+            # per-process part file: two sessions copying the same model never write into one file
+            src, tmp = tar.extractfile(m), os.path.join(models, "%s.%d.part" % (name, os.getpid()))
             with open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out)
             os.replace(tmp, os.path.join(models, name))
