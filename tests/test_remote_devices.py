@@ -351,6 +351,14 @@ def test_command_failures_name_the_file_and_the_tools_last_line(tmp_path, onnx_c
     conv = engine(f"{sys.executable} {TOOL} --graph={{tflite}} --num_runs=1", convert="cp {onnx} {tflite}")
     ms = conv.time_once(conv.prepare(arch))
     assert ms > 0 and files.onnx.with_suffix(".tflite").is_file()
+    # task=measure whose tool fails on the first subnet: one line, and no CSV, meta or rounds file left
+    csv_path = tmp_path / "failing.csv"
+    cfg = compose(["task=measure", *SMALL, "device=command", "task.num_archs=1", "task.references=1",
+                   "task.rounds=1", "task.warmup=0", "tracking=none", f"task.csv={csv_path}",
+                   f"device.latency.cache_dir={onnx_cache}", f'device.latency.command="{tool} --fail"'], tmp_path / "o")
+    with pytest.raises(UserError, match=r"command device: timing .*\.onnx failed \(exit 1\); last line: ERROR"):
+        execute(cfg, run_dir=tmp_path / "run")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("failing.csv")]
     for kw, needle in [(dict(command=None), "set device.latency.command"),
                        (dict(command="trtexec --onnx=model.onnx"), "no {onnx} or {tflite} placeholder"),
                        (dict(command="benchmark_model --graph={tflite}"), "set device.latency.convert"),
