@@ -50,6 +50,9 @@ def make_timing_engine(lat, space: DesignSpace, *, hw: str, threads: int, clock:
     """The engine a `device.latency` node times in: local (blockprof.metrics.engines), a board
     over SSH (probed now: what the board lacks fails here) or a vendor's command."""
     via = timing_via(lat)
+    if clock == "tool" and via != "command":
+        raise UserError("clock=tool (the time a vendor's tool reports) is for device.latency.via=command; "
+                        "use clock=cpu or wall")
     if via == "ssh":
         from blockprof.metrics.remote import SSHEngine
         return SSHEngine.from_config(lat, space, threads=threads, clock=clock, batch_size=batch_size,
