@@ -86,6 +86,42 @@ class MeasuredLatencyConfig(PredictorLatencyConfig):
 
 
 @dataclass
+class SSHLatencyConfig(MeasuredLatencyConfig):
+    """The real subnet exported to ONNX here, copied to a board over SSH and timed there by a
+    runner blockprof ships (same protocol: interleaved rounds, references, median); the
+    board needs python with numpy and the engine. See docs/remote_devices.md."""
+    via: str = "ssh"                       # where the subnets run (blockprof.metrics.measured.VIAS)
+    engine: str = "onnxruntime"            # onnxruntime | openvino, on the board
+    host: Optional[str] = None             # the board's name or address (an ~/.ssh/config alias works)
+    port: int = 22
+    user: Optional[str] = None             # None: ssh's default (your user, or ~/.ssh/config)
+    identity_file: Optional[str] = None    # private key; None: ssh's defaults and agent
+    known_hosts: Optional[str] = None      # None: blockprof's own file in its cache folder (accept-new)
+    remote_dir: str = "blockprof-remote"   # on the board, relative to its home: runner, models, runner.log
+    python: str = "python3"                # the board's interpreter
+    connect_timeout: int = 10              # s
+    ssh_options: List[str] = field(default_factory=list)  # extra `ssh -o` options, e.g. [ProxyJump=gateway]
+
+
+@dataclass
+class CommandLatencyConfig(MeasuredLatencyConfig):
+    """The real subnet exported to ONNX (optionally converted) and timed by any vendor's tool:
+    one call of `command` per timing, the latency read from its output by `pattern`.
+    See docs/remote_devices.md (templates, quoting on the command line)."""
+    via: str = "command"
+    engine: str = "command"
+    clock: str = "tool"                    # the tool reports its own time
+    hw: str = "cpu"                        # informational: what the tool runs on
+    command: Optional[str] = None          # e.g. "trtexec --onnx={onnx}"; {onnx} / {tflite}: the file
+    pattern: str = "benchmark_model"       # a regex (group value + group unit) or benchmark_model | trtexec
+    unit: str = "ms"                       # when the pattern has no unit group: us | ms | s
+    convert: Optional[str] = None          # for {tflite}: a command writing {tflite} from {onnx}
+    timeout_s: float = 600.0               # per call of the tool
+    warmup: int = 0                        # calls thrown away per subnet (the tool warms up itself)
+    repeats: int = 3                       # calls per subnet (rounds), each the tool's own average
+
+
+@dataclass
 class DeviceConfig:
     # the device's identity: the name of its option (conf/device/<name>.yaml or one in
     # --config-dir); a run whose device.name differs from the option is refused
@@ -275,7 +311,8 @@ class RunConfig:
 TASK_SCHEMAS = {c().name: c for c in (ProfileTaskConfig, MergeProfileTaskConfig, EvaluateTaskConfig,
                                        MeasureTaskConfig, TrainPredictorTaskConfig, SearchTaskConfig,
                                        ExportTaskConfig)}
-LATENCY_SCHEMAS = {"lut": LUTLatencyConfig, "predictor": PredictorLatencyConfig, "measured": MeasuredLatencyConfig}
+LATENCY_SCHEMAS = {"lut": LUTLatencyConfig, "predictor": PredictorLatencyConfig, "measured": MeasuredLatencyConfig,
+                   "ssh": SSHLatencyConfig, "command": CommandLatencyConfig}
 
 
 def register() -> None:

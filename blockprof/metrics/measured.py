@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from blockprof.common.errors import UserError
 from blockprof.common.fileio import atomic_write_text
 from blockprof.core.space import DesignSpace
 from blockprof.metrics.base import Metric
@@ -17,6 +18,50 @@ from blockprof.metrics.engines import make_engine
 from blockprof.metrics.timing import ChunkTimer, Protocol, reference_archs
 
 logger = logging.getLogger(__name__)
+
+# where a measured device's subnets run: this machine (`latency.via` unset), a board over
+# SSH (blockprof.metrics.remote) or a vendor's timing tool (blockprof.metrics.command_tool)
+VIAS = ("local", "ssh", "command")
+
+
+def timing_via(lat) -> str:
+    via = str(lat.get("via") or "local")
+    if via not in VIAS:
+        raise UserError(f"device.latency.via must be one of {list(VIAS)}, not '{via}'")
+    return via
+
+
+def engine_label(lat) -> str:
+    """The engine a measured CSV records (a resumed CSV must keep it)."""
+    via = timing_via(lat)
+    if via == "ssh":
+        return f"ssh:{lat.get('engine') or 'onnxruntime'}"
+    if via == "command":
+        return "command"
+    return str(lat.get("engine") or "torch")
+
+
+def timing_clock(lat, requested: str) -> str:
+    """The protocol's clock: a vendor tool reports its own time (`tool`); elsewhere as asked."""
+    return "tool" if timing_via(lat) == "command" else requested
+
+
+def make_timing_engine(lat, space: DesignSpace, *, hw: str, threads: int, clock: str, batch_size: int, cache_dir):
+    """The engine a `device.latency` node times in: local (blockprof.metrics.engines), a board
+    over SSH (probed now: what the board lacks fails here) or a vendor's command."""
+    via = timing_via(lat)
+    if clock == "tool" and via != "command":
+        raise UserError("clock=tool (the time a vendor's tool reports) is for device.latency.via=command; "
+                        "use clock=cpu or wall")
+    if via == "ssh":
+        from blockprof.metrics.remote import SSHEngine
+        return SSHEngine.from_config(lat, space, threads=threads, clock=clock, batch_size=batch_size,
+                                     cache_dir=cache_dir)
+    if via == "command":
+        from blockprof.metrics.command_tool import CommandEngine
+        return CommandEngine.from_config(lat, space, batch_size=batch_size, cache_dir=cache_dir)
+    return make_engine(str(lat.get("engine") or "torch"), space, hw=hw, threads=threads, clock=clock,
+                       batch_size=batch_size, cache_dir=cache_dir)
 
 
 def machine_info(threads: int, device: str = "cpu") -> dict:
@@ -56,16 +101,22 @@ class MeasuredLatency(Metric):
     def __init__(self, space: DesignSpace, device: str = "cpu", threads: int = 1, warmup: int = 3,
                  repeats: int = 10, stat: str = "median", batch_size: int = 1, progress: bool = False,
                  engine: str = "torch", clock: str | None = None, chunk_size: int = 25, references: int = 3,
-                 cache_dir: str | Path | None = None, seed: int = 0):
+                 cache_dir: str | Path | None = None, seed: int = 0, latency_node=None):
         clock = clock or ("cpu" if device == "cpu" and int(threads) == 1 else "wall")
         if device != "cpu":
             clock = "wall"  # CUDA: events
+        if latency_node is not None:
+            clock = timing_clock(latency_node, clock)
         self.proto = Protocol(hw=device, threads=int(threads), warmup=int(warmup), rounds=int(repeats), stat=stat,
                               clock=clock, chunk_size=int(chunk_size), references=int(references),
                               batch_size=int(batch_size)).check("measured latency")
         self.space, self.device, self.threads = space, device, int(threads)
-        self.engine = make_engine(engine, space, hw=device, threads=int(threads), clock=clock,
-                                  batch_size=int(batch_size), cache_dir=cache_dir)
+        if latency_node is not None:  # the device node says where the subnets run (here, ssh, a command)
+            self.engine = make_timing_engine(latency_node, space, hw=device, threads=int(threads), clock=clock,
+                                             batch_size=int(batch_size), cache_dir=cache_dir)
+        else:
+            self.engine = make_engine(engine, space, hw=device, threads=int(threads), clock=clock,
+                                      batch_size=int(batch_size), cache_dir=cache_dir)
         self.progress = progress
         self.slots_per_call = int(chunk_size)
         self.last_spread = np.zeros(0)
@@ -82,7 +133,7 @@ class MeasuredLatency(Metric):
         return cls(space, device=lat.hw, threads=lat.threads, warmup=lat.warmup, repeats=lat.repeats,
                    stat=lat.stat, progress=progress, engine=lat.get("engine") or "torch", clock=lat.get("clock"),
                    chunk_size=lat.get("chunk_size", 25), references=lat.get("references", 3),
-                   cache_dir=cache_dir, seed=seed)
+                   cache_dir=cache_dir, seed=seed, latency_node=lat)
 
     def bind_run_dir(self, run_dir) -> None:
         self._calib_path = Path(run_dir) / "timing_calibration.json"

@@ -22,6 +22,9 @@ The protocol, chosen by measuring:
   timed once (calibration, 3x the rounds); a caller that must stay on one
   scale across sessions keeps them (task=measure writes them to its meta.json).
 * **Median over the rounds** (`stat`): with the CPU clock steadier than the min.
+* **Elsewhere**: a board over SSH runs a whole chunk's rounds itself (the engine's
+  `time_chunk`, orders drawn here), and a vendor's timing tool reports its own
+  number per call (`clock: tool`, one call per timing); normalisation stays here.
 
 What it bought for PyTorch eager, OFA-MBv3, 2,000 archs then 100 re-timed in a
 separate pass (2 busy cores, load average 4, up to 10):
@@ -63,11 +66,11 @@ class Protocol:
     batch_size: int = 1
 
     def check(self, who: str = "measure") -> "Protocol":
-        if self.hw not in ("cpu", "cuda"):
+        if self.hw not in ("cpu", "cuda") and self.clock != "tool":  # a vendor tool runs where it runs
             raise UserError(f"{who}: device.latency.hw must be cpu or cuda, not '{self.hw}'")
         if self.stat not in ("min", "median"):
             raise UserError(f"{who}: stat must be min or median, not '{self.stat}'")
-        if self.clock not in ("cpu", "wall"):
+        if self.clock not in ("cpu", "wall", "tool"):
             raise UserError(f"{who}: clock must be cpu or wall, not '{self.clock}'")
         if self.clock == "cpu" and (self.hw != "cpu" or self.threads != 1):
             raise UserError(f"{who}: clock=cpu (CPU time) needs hw cpu and 1 thread; "
@@ -98,8 +101,21 @@ def reference_archs(space: DesignSpace, base_seed: int, k: int) -> list[Arch]:
 
 def time_runs(engine, runs: Sequence[Callable[[], object]], proto: Protocol, rng: np.random.Generator,
               rounds: int | None = None) -> np.ndarray:
-    """Raw timings [len(runs), rounds] (ms) of prepared runs, in interleaved rounds."""
+    """Raw timings [len(runs), rounds] (ms) of prepared runs, in interleaved rounds.
+
+    An engine that runs elsewhere (a board over SSH) provides `time_chunk(runs, warmup,
+    orders)` and times the whole chunk there in one go - the same warmup and the same
+    round orders, drawn here from the same generator - so no network round trip ever
+    sits inside a timing."""
     rounds = rounds or proto.rounds
+    time_chunk = getattr(engine, "time_chunk", None)
+    if time_chunk is not None:
+        orders = [rng.permutation(len(runs)) for _ in range(rounds)]
+        times = np.asarray(time_chunk(runs, proto.warmup, orders), dtype=np.float64)
+        if times.shape != (len(runs), rounds):
+            raise ValueError(f"{type(engine).__name__}.time_chunk returned shape {times.shape}, "
+                             f"expected {(len(runs), rounds)}")
+        return times
     times = np.empty((len(runs), rounds))
     for run in runs:
         for _ in range(proto.warmup):

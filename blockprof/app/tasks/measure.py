@@ -1,4 +1,5 @@
-"""task=measure: time sampled subnets on this machine into a seed-format latency CSV.
+"""task=measure: time sampled subnets on this machine (or a board over SSH, or through a
+vendor's timing tool: device.latency.via) into a seed-format latency CSV.
 
     python run.py task=measure space=mbv3 device=local_cpu task.num_archs=2000
 
@@ -37,8 +38,7 @@ import numpy as np
 from blockprof.common.errors import UserError
 from blockprof.common.fileio import atomic_write_text
 from blockprof.core.latency_csv import LatencyCSVWriter, read_latency_csv
-from blockprof.metrics.engines import make_engine
-from blockprof.metrics.measured import machine_info
+from blockprof.metrics.measured import engine_label, machine_info, make_timing_engine, timing_clock, timing_via
 from blockprof.metrics.timing import ChunkTimer, Protocol, reference_archs
 from blockprof.common.progress import progress
 from blockprof.core.space import Arch, DesignSpace
@@ -79,13 +79,14 @@ def run(ctx, tracker):
     cfg, space = ctx.cfg, ctx.space
     t, lat = cfg.task, cfg.device.latency
     hw = lat.get("hw")
-    if hw not in ("cpu", "cuda"):
-        raise UserError(f"task=measure times subnets on this machine; device '{cfg.device.name}' is not local "
-                        "(use device=local_cpu, ort_cpu, openvino_cpu or local_cuda)")
-    engine_name = str(lat.get("engine") or "torch")
+    if hw not in ("cpu", "cuda") and timing_via(lat) == "local":
+        raise UserError(f"task=measure times subnets on this machine, a board or a timing tool; device "
+                        f"'{cfg.device.name}' times none (use device=local_cpu, ort_cpu, openvino_cpu, local_cuda, "
+                        "ssh or command)")
+    engine_name = engine_label(lat)
     proto = Protocol(hw=str(hw), threads=int(t.threads if t.get("threads") is not None else lat.get("threads", 1)),
                      warmup=int(t.warmup), rounds=int(t.rounds), chunk_size=int(t.chunk_size),
-                     stat=str(t.stat), clock=str(t.clock if hw == "cpu" else "wall"),
+                     stat=str(t.stat), clock=timing_clock(lat, str(t.clock if hw == "cpu" else "wall")),
                      references=int(t.references), batch_size=int(t.get("batch_size", 1))).check("measure")
     n = int(t.num_archs)
     if n < 1:
@@ -110,6 +111,10 @@ def run(ctx, tracker):
     else:
         archs = sample_archs(space, base_seed, n, t.get("resolution"))
 
+    # the engine before the CSV: a board or tool that is not usable fails here, leaving no file behind
+    engine = make_timing_engine(lat, space, hw=proto.hw, threads=proto.threads, clock=proto.clock,
+                                batch_size=proto.batch_size, cache_dir=resolve_path(lat.get("cache_dir") or
+                                                                                    "outputs/cache/onnx", cfg))
     writer = LatencyCSVWriter(csv_path, space, device=str(cfg.device.name))  # a name the seed cannot read: refused now
     existing = {r.net_id: r for r in read_latency_csv(csv_path, space)} if writer.done_ids else {}
     for i, rec in existing.items():
@@ -117,9 +122,6 @@ def run(ctx, tracker):
             raise UserError(f"{csv_path}: net_id {i} is {rec.arch} but seed {cfg.seed} samples {archs[i]} there; "
                             "it was measured from another sample - resume with the same seed or use another task.csv")
     todo = [i for i in range(n) if i not in writer.done_ids]
-    engine = make_engine(engine_name, space, hw=proto.hw, threads=proto.threads, clock=proto.clock,
-                         batch_size=proto.batch_size, cache_dir=resolve_path(lat.get("cache_dir") or
-                                                                             "outputs/cache/onnx", cfg))
     info = {**machine_info(proto.threads, proto.hw), **engine.info()}
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
     meta = meta or {"format": "blockprof.measure", "space": space.name, "device": str(cfg.device.name),
@@ -228,4 +230,14 @@ class MeasureTask(Task):
     groups = ("space", "device")
 
     def run(self, ctx, tracker):
-        return run(ctx, tracker)
+        # a board or timing tool can fail on the first subnet (a wrong flag, a dropped link):
+        # files this session created and put no row into are removed again
+        csv_path = resolve_path(ctx.cfg.task.csv or ctx.cfg.device.latency.csv, ctx.cfg)
+        fresh = [p for p in (csv_path, meta_path(csv_path), rounds_path(csv_path)) if not p.exists()]
+        try:
+            return run(ctx, tracker)
+        except UserError:
+            if csv_path in fresh and (not csv_path.is_file() or len(csv_path.read_text().splitlines()) <= 1):
+                for p in fresh:
+                    p.unlink(missing_ok=True)
+            raise
