@@ -262,9 +262,12 @@ TASK_SCHEMAS = {c().name: c for c in (ProfileTaskConfig, MergeProfileTaskConfig,
 LATENCY_SCHEMAS = {"lut": LUTLatencyConfig, "predictor": PredictorLatencyConfig, "measured": MeasuredLatencyConfig}
 
 
-def register() -> None:
-    """Store every schema under `schema/<group>/<name>` (idempotent)."""
-    from blockprof.search.strategies import STRATEGIES  # each strategy class carries its own schema
+def register(plugins: bool = True) -> None:
+    """Store every schema under `schema/<group>/<name>` (idempotent), then (`plugins`) import the
+    installed plugins (their strategies and tasks store their own schemas as they are
+    defined) and hand their config folders to Hydra's search path."""
+    import blockprof.search.strategies  # noqa: F401 - each strategy class stores its own schema
+    from blockprof.common.plugins import add_config_search_path, load_plugins
 
     cs = ConfigStore.instance()
     cs.store(group="schema", name="run", node=RunConfig)
@@ -276,10 +279,11 @@ def register() -> None:
     cs.store(group="schema/metric/accuracy", name="base", node=AccuracyConfig)
     for name, node in TASK_SCHEMAS.items():
         cs.store(group="schema/task", name=name, node=node)
-    for name, cls in STRATEGIES.items():
-        cs.store(group="schema/search", name=name, node=cls.Config)
     cs.store(group="schema/tracking", name="base", node=TrackingConfig)
     cs.store(group="schema/data", name="base", node=DataConfig)
+    if plugins:
+        load_plugins()
+        add_config_search_path()
 
 
 def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[tuple[str, list[str]]]:

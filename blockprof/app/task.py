@@ -11,10 +11,23 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any
 
+from blockprof.common.plugins import register_schema
+
+# name -> class of the tasks that carry their own schema (`Config`); the built-in tasks'
+# schemas live in blockprof.app.schema (TASK_SCHEMAS), so `--help` never imports torch
+TASKS: dict[str, type] = {}
+
 
 class Task(ABC):
+    """A subclass with a `Config` (a dataclass with `name` and its options' defaults, based
+    on `blockprof.app.schema.TaskConfig`) registers itself when its module is imported:
+    `schema/task/<name>` in Hydra's ConfigStore, `_target_` set to the class."""
     #: config groups this task reads besides `task` (logged as MLflow params)
     groups: tuple[str, ...] = ("space", "device", "metric")
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        register_schema("task", cls, TASKS)
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg  # the `task` node

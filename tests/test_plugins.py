@@ -1,0 +1,134 @@
+"""A package outside blockprof (tests/plugin_pkg) adds a space, a lookup-table device, a
+search strategy and a task through the `blockprof.plugins` entry point; each runs through
+`python run.py` and shows up in `--help` and in error messages like a built-in.
+
+The package is made visible the way an installed one is: its folder on `sys.path` plus a
+`.dist-info` folder holding its `entry_points.txt`, written from its pyproject.toml, so
+`importlib.metadata` finds it (an install into a throw-away venv does the same in several
+seconds more)."""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO, run_cli
+
+PKG = REPO / "tests" / "plugin_pkg"
+
+
+def _dist_info(site: Path, name: str, version: str, entry_points: dict[str, dict[str, str]]) -> None:
+    info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    lines = []
+    for group, eps in entry_points.items():
+        lines += [f"[{group}]", *(f"{k} = {v}" for k, v in eps.items()), ""]
+    (info / "entry_points.txt").write_text("\n".join(lines))
+
+
+@pytest.fixture(scope="module")
+def plugin_env(tmp_path_factory):
+    """Environment of a Python that has the example plugin installed."""
+    project = tomllib.loads((PKG / "pyproject.toml").read_text())["project"]
+    site = tmp_path_factory.mktemp("site")
+    _dist_info(site, project["name"], project["version"], project["entry-points"])
+    path = os.pathsep.join([str(REPO), str(PKG), str(site)])
+    return {"PYTHONPATH": path}
+
+
+def _run(args, tmp_path, env):
+    return run_cli([*args, "tracking=none", f"paths.output_root={tmp_path}/out"], cwd=tmp_path, env=env)
+
+
+def _one_run(tmp_path, task: str, folder: str) -> Path:
+    runs = list((tmp_path / "out" / "runs" / task / folder).iterdir())
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_help_lists_plugin_options(plugin_env, tmp_path):
+    res = run_cli(["--help"], cwd=tmp_path, env=plugin_env)
+    assert res.returncode == 0, res.stderr
+    groups = {line.split(":")[0]: line.split(":", 1)[1] for line in res.stdout.splitlines() if ": " in line}
+    assert "pn_untrained" in groups["space"] and "mbv3" in groups["space"]
+    assert "synth_phone" in groups["device"] and "note10" in groups["device"]
+    assert "hill_climb" in groups["search"] and "rm_pareto" in groups["search"]
+    assert "block_count" in groups["task"] and "profile" in groups["task"]
+
+
+def test_without_the_plugin_none_of_it_exists(tmp_path):
+    res = run_cli(["space=pn_untrained"], cwd=tmp_path, env={"PYTHONPATH": str(REPO)})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("error: unknown space 'pn_untrained' (choose from: mbv3")
+
+
+def test_errors_list_plugin_options(plugin_env, tmp_path):
+    res = _run(["task=search", "search=hill_climbz"], tmp_path, plugin_env)
+    assert res.returncode == 2
+    line = res.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: unknown search 'hill_climbz'") and "hill_climb," in line and "rm_pareto" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_plugin_space_and_task(plugin_env, tmp_path):
+    """The plugin's space class (no pretrained weights: accuracy is dropped) scored on a
+    built-in table device, and the plugin's task on the plugin's space."""
+    res = _run(["space=pn_untrained", "device=note10", "task=evaluate", "task.num_archs=3"], tmp_path, plugin_env)
+    assert res.returncode == 0, res.stderr
+    df = pd.read_csv(_one_run(tmp_path, "evaluate", "pn_untrained-note10") / "archs.csv")
+    assert len(df) == 3 and "accuracy" not in df and (df["latency"] > 0).all() and set(df["resolution"]) <= {160, 176}
+
+    res = _run(["space=pn_untrained", "task=block_count", "task.num_archs=4"], tmp_path, plugin_env)
+    assert res.returncode == 0, res.stderr
+    counts = pd.read_csv(_one_run(tmp_path, "block_count", "pn_untrained-note10") / "block_counts.csv")
+    assert counts["block"].str.startswith("mbconv2_").all() and counts["count"].sum() >= 4 * 6
+
+    # the plugin task's schema is enforced like a built-in's, before any folder exists
+    (tmp_path / "bad").mkdir()
+    res = _run(["task=block_count", "task.num_archz=4"], tmp_path / "bad", plugin_env)
+    assert res.returncode == 2 and "error: unknown config key 'task.num_archz'" in res.stderr
+    assert not (tmp_path / "bad" / "out").exists()
+
+
+def test_plugin_strategy_with_a_user_device(plugin_env, tmp_path):
+    """The plugin's strategy searches with a device of the user's own (`--config-dir`)."""
+    mine = tmp_path / "myconf" / "device"
+    mine.mkdir(parents=True)
+    (mine / "mytab.yaml").write_text("defaults:\n  - /schema/device/latency/lut@latency\n  - _self_\n"
+                                     "name: mytab\nlatency:\n  hv_reference: 60.0\n")
+    res = _run(["--config-dir", str(tmp_path / "myconf"), "task=search", "search=hill_climb", "device=mytab",
+                "search.budget=40", "search.plot=false"], tmp_path, plugin_env)
+    assert res.returncode == 0, res.stderr
+    scored = pd.read_csv(_one_run(tmp_path, "search", "mbv3-mytab") / "scored.csv")
+    assert len(scored) == 40 and scored["arch"].nunique() == 40
+
+
+def test_plugin_table_device_official_table(plugin_env, tmp_path):
+    """The plugin's device with the downloaded ProxylessNAS table in place of its own."""
+    res = _run(["space=pn", "device=synth_phone", "device.latency.table=null", "task=evaluate", "task.num_archs=3",
+                "metric=efficiency"], tmp_path, plugin_env)
+    assert res.returncode == 0, res.stderr
+    df = pd.read_csv(_one_run(tmp_path, "evaluate", "pn-synth_phone") / "archs.csv")
+    assert (df["latency"] > 0).all()
+
+
+@pytest.mark.xfail(strict=True, reason="a configured lookup table must be byte-identical to OFA's published one "
+                                       "(its checksum is checked), so a device cannot bring a table of its own")
+def test_plugin_table_device_own_table(plugin_env, tmp_path):
+    res = _run(["space=pn", "device=synth_phone", "task=evaluate", "task.num_archs=3", "metric=efficiency"],
+               tmp_path, plugin_env)
+    assert res.returncode == 0, res.stderr.strip().splitlines()[-1]
+
+
+def test_a_broken_plugin_is_one_error_line(tmp_path):
+    site = tmp_path / "site"
+    _dist_info(site, "broken-plugin", "0.1", {"blockprof.plugins": {"broken": "no_such_module_xyz"}})
+    res = run_cli(["task=evaluate"], cwd=tmp_path, env={"PYTHONPATH": os.pathsep.join([str(REPO), str(site)])})
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "error: plugin 'broken' (no_such_module_xyz) failed to load: ModuleNotFoundError: No module named 'no_such_module_xyz'"]
+    assert not (tmp_path / "outputs").exists()
