@@ -132,3 +132,46 @@ def test_a_broken_plugin_is_one_error_line(tmp_path):
     assert res.stderr.strip().splitlines() == [
         "error: plugin 'broken' (no_such_module_xyz) failed to load: ModuleNotFoundError: No module named 'no_such_module_xyz'"]
     assert not (tmp_path / "outputs").exists()
+
+
+def test_task_module_and_yaml_without_an_entry_point(tmp_path):
+    """A task module on the path and a YAML naming it in `--config-dir`, no entry point: the
+    task's own schema supplies the defaults and refuses unknown keys, before any folder exists."""
+    conf = tmp_path / "myconf" / "task"
+    conf.mkdir(parents=True)
+    (conf / "bc.yaml").write_text("_target_: bp_example.task.BlockCountTask\nname: block_count\nnum_archs: 3\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), str(PKG)])}
+    res = _run(["--config-dir", str(tmp_path / "myconf"), "task=bc"], tmp_path, env)
+    assert res.returncode == 0, res.stderr
+    counts = pd.read_csv(_one_run(tmp_path, "block_count", "mbv3-note10") / "block_counts.csv")
+    assert counts["count"].sum() >= 3 * 10
+    res = _run(["--config-dir", str(tmp_path / "myconf"), "task=bc", "task.num_archz=3"], tmp_path / "myconf", env)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].startswith("error: unknown config key 'task.num_archz'")
+    assert not (tmp_path / "myconf" / "out").exists()
+
+
+def test_abstract_hooks_fail_at_instantiation():
+    """A space family, search-ops, strategy or task that misses a hook fails when built."""
+    from blockprof.app.task import Task
+    from blockprof.core.families.mbconv import MBConvOps, MobileNetV3Space
+    from blockprof.core.space import DesignSpace, FamilyOps
+    from blockprof.search.strategies import Strategy
+
+    class NoLayers(DesignSpace):
+        pass
+
+    class NoStep(Strategy):
+        def initialize(self):
+            pass
+
+    class NoRun(Task):
+        pass
+
+    class NoShrink(FamilyOps):
+        pass
+
+    for cls, args in ((NoLayers, ()), (NoStep, (None, None, None, None)), (NoRun, (None,)), (NoShrink, (None,))):
+        with pytest.raises(TypeError, match="abstract"):
+            cls(*args)
+    space = MobileNetV3Space(name="mbv3", resolutions=[160], width_mult=1.2)  # the real ones still build
+    assert isinstance(space.ops, MBConvOps)

@@ -266,9 +266,16 @@ def register(plugins: bool = True) -> None:
     """Store every schema under `schema/<group>/<name>` (idempotent), then (`plugins`) import the
     installed plugins (their strategies and tasks store their own schemas as they are
     defined) and hand their config folders to Hydra's search path."""
-    import blockprof.search.strategies  # noqa: F401 - each strategy class stores its own schema
+    import importlib
+    import pkgutil
+
+    import blockprof.search
     from blockprof.common.plugins import add_config_search_path, load_plugins
 
+    # every module of the search package (numpy only, and strategies.py imports most of them
+    # anyway): a strategy class in a module of its own stores its schema as it is defined
+    for mod in pkgutil.iter_modules(blockprof.search.__path__):
+        importlib.import_module(f"blockprof.search.{mod.name}")
     cs = ConfigStore.instance()
     cs.store(group="schema", name="run", node=RunConfig)
     cs.store(group="schema/space", name="base", node=SpaceConfig)

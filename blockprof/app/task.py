@@ -11,6 +11,8 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any
 
+from omegaconf import OmegaConf
+
 from blockprof.common.plugins import register_schema
 
 # name -> class of the tasks that carry their own schema (`Config`); the built-in tasks'
@@ -30,6 +32,12 @@ class Task(ABC):
         register_schema("task", cls, TASKS)
 
     def __init__(self, cfg) -> None:
+        config = getattr(type(self), "Config", None)
+        if config is not None and OmegaConf.get_type(cfg) is not config:
+            # composed from a YAML that names only `_target_` (the module was not imported
+            # when Hydra composed): the schema's defaults and checks apply here, still
+            # before any run folder exists
+            cfg = OmegaConf.merge(OmegaConf.structured(config), cfg)
         self.cfg = cfg  # the `task` node
 
     @property
