@@ -46,12 +46,12 @@ _loaded: tuple[Plugin, ...] | None = None
 def _load(ep: importlib.metadata.EntryPoint) -> Plugin:
     try:
         obj = ep.load()
-    except Exception as exc:  # noqa: BLE001 - any import failure of a third-party package
-        raise UserError(f"plugin '{ep.name}' ({ep.value}) failed to load: "
-                        f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
-    register = getattr(obj, "register", None)
-    if callable(register):
-        register()
+        register = getattr(obj, "register", None)
+        if callable(register):
+            register()
+    except Exception as exc:  # noqa: BLE001 - any failure of a third-party package is its own, not ours
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"plugin '{ep.name}' ({ep.value}) failed to load: {type(exc).__name__}: {first}") from exc
     path = getattr(obj, "config_path", None)
     if path is not None and not (isinstance(path, str) and path.startswith(("pkg://", "file://"))):
         raise UserError(f"plugin '{ep.name}': config_path must be 'pkg://<package>' or 'file://<folder>', not {path!r}")
