@@ -16,7 +16,9 @@ from omegaconf import OmegaConf
 
 from blockprof.app.schema import register
 
-register()
+# the built-in schemas at import (a sweep's worker process imports this module too); the
+# plugins in main(), where a broken one becomes one error line
+register(plugins=False)
 
 
 def _folder_suffix(overrides: str) -> str:
@@ -47,11 +49,14 @@ def main() -> None:
     global _job_started
     _job_started = False
     if os.environ.get("HYDRA_FULL_ERROR"):
+        register()
         _hydra_main()
         return
     # let Hydra's errors reach us instead of its multi-line report
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
+        # the schemas, then the installed plugins: a plugin that fails to import is one error line
+        register()
         _hydra_main()
     except SystemExit:
         raise

@@ -174,14 +174,13 @@ def _strategy(name: str, seed: int, over: dict, profile):
 
 def _profile(insight: str, profile_dir: str | None):
     """The insight profile, built from the seed's generator as task=search does."""
-    from blockprof.search.family import family_ops
     from blockprof.search.insight import load_insight, random_variant
 
     def make(rng):
         space = _W["space"]
         if insight == "from_profile_random":  # from_profile's random comparison
             base = load_insight(space, "from_profile", rng, profile_run=profile_dir, cost="latency")
-            return random_variant(space, base, rng, family_ops(space))
+            return random_variant(space, base, rng, space.ops)
         return load_insight(space, insight, rng, profile_run=profile_dir, cost="latency")
     return make
 

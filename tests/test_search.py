@@ -27,7 +27,6 @@ from blockprof.core.registry import build_space
 from blockprof.infra.tracking import track_run
 from blockprof.search.checkpoint import Checkpoint
 from blockprof.search.evaluator import Evaluator
-from blockprof.search.family import family_ops
 from blockprof.search.insight import (FromProfileRule, derive_from_summary, load_insight, named_profile, named_profiles,
                             profile_fits, random_variant)
 from blockprof.search.mutation import Mutator, mutate_archs
@@ -121,7 +120,7 @@ def test_mutator_never_leaves_the_profile(spaces, space_name, prof):
     sp = spaces[space_name]
     rng = np.random.default_rng(7)
     profile = load_insight(sp, prof, rng)
-    ops = family_ops(sp)
+    ops = sp.ops
     if prof.endswith("_random"):
         base = named_profile(sp, prof[:-7])
         assert [len(c) for c in profile.candidates] == [len(c) for c in base.candidates]
@@ -538,7 +537,7 @@ def test_from_profile_resnet_widths(spaces, tmp_path):
     prof = derive_from_summary(sp, df, cost="mmacs", rule=FromProfileRule(min_candidates=1), source="test")
     assert all(set(c) <= {0, 1, 2} and c for c in prof.candidates)
     assert prof.max_layers[0] == prof.min_layers[0] == 1
-    assert "unit_width_indices" in yaml.safe_load(prof.to_yaml(family_ops(sp)))
+    assert "unit_width_indices" in yaml.safe_load(prof.to_yaml(sp.ops))
 
 
 def test_from_profile_bad_summaries(mbv3_profile_run, spaces, tmp_path):

@@ -315,10 +315,20 @@ LATENCY_SCHEMAS = {"lut": LUTLatencyConfig, "predictor": PredictorLatencyConfig,
                    "ssh": SSHLatencyConfig, "command": CommandLatencyConfig}
 
 
-def register() -> None:
-    """Store every schema under `schema/<group>/<name>` (idempotent)."""
-    from blockprof.search.strategies import STRATEGIES  # each strategy class carries its own schema
+def register(plugins: bool = True) -> None:
+    """Store every schema under `schema/<group>/<name>` (idempotent), then (`plugins`) import the
+    installed plugins (their strategies and tasks store their own schemas as they are
+    defined) and hand their config folders to Hydra's search path."""
+    import importlib
+    import pkgutil
 
+    import blockprof.search
+    from blockprof.common.plugins import add_config_search_path, load_plugins
+
+    # every module of the search package (numpy only, and strategies.py imports most of them
+    # anyway): a strategy class in a module of its own stores its schema as it is defined
+    for mod in pkgutil.iter_modules(blockprof.search.__path__):
+        importlib.import_module(f"blockprof.search.{mod.name}")
     cs = ConfigStore.instance()
     cs.store(group="schema", name="run", node=RunConfig)
     cs.store(group="schema/space", name="base", node=SpaceConfig)
@@ -329,10 +339,11 @@ def register() -> None:
     cs.store(group="schema/metric/accuracy", name="base", node=AccuracyConfig)
     for name, node in TASK_SCHEMAS.items():
         cs.store(group="schema/task", name=name, node=node)
-    for name, cls in STRATEGIES.items():
-        cs.store(group="schema/search", name=name, node=cls.Config)
     cs.store(group="schema/tracking", name="base", node=TrackingConfig)
     cs.store(group="schema/data", name="base", node=DataConfig)
+    if plugins:
+        load_plugins()
+        add_config_search_path()
 
 
 def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[tuple[str, list[str]]]:

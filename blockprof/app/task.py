@@ -11,12 +11,33 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any
 
+from omegaconf import OmegaConf
+
+from blockprof.common.plugins import register_schema
+
+# name -> class of the tasks that carry their own schema (`Config`); the built-in tasks'
+# schemas live in blockprof.app.schema (TASK_SCHEMAS), so `--help` never imports torch
+TASKS: dict[str, type] = {}
+
 
 class Task(ABC):
+    """A subclass with a `Config` (a dataclass with `name` and its options' defaults, based
+    on `blockprof.app.schema.TaskConfig`) registers itself when its module is imported:
+    `schema/task/<name>` in Hydra's ConfigStore, `_target_` set to the class."""
     #: config groups this task reads besides `task` (logged as MLflow params)
     groups: tuple[str, ...] = ("space", "device", "metric")
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        register_schema("task", cls, TASKS)
+
     def __init__(self, cfg) -> None:
+        config = getattr(type(self), "Config", None)
+        if config is not None and OmegaConf.get_type(cfg) is not config:
+            # composed from a YAML that names only `_target_` (the module was not imported
+            # when Hydra composed): the schema's defaults and checks apply here, still
+            # before any run folder exists
+            cfg = OmegaConf.merge(OmegaConf.structured(config), cfg)
         self.cfg = cfg  # the `task` node
 
     @property

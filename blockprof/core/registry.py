@@ -1,5 +1,6 @@
 """Spaces by name: `build_space("mbv3")` reads the packaged `conf/space/<name>.yaml`, whose
-`_target_` names the family class (or `family:` a registered family's short name)."""
+`_target_` names the family class (or `family:` a registered family's short name); a
+name no packaged file has is looked up in the plugins' config folders."""
 from __future__ import annotations
 
 import importlib
@@ -9,12 +10,17 @@ from typing import Sequence
 import yaml
 
 import blockprof.core.families  # noqa: F401 - registers the built-in families
+from blockprof.common import plugins
 from blockprof.common.errors import UserError
 from blockprof.core.space import FAMILIES, DesignSpace
 
 
 def _space_file(name: str):
-    return importlib.resources.files("blockprof.conf") / "space" / f"{name}.yaml"
+    """The packaged `conf/space/<name>.yaml`, else a plugin's (see blockprof.common.plugins)."""
+    path = importlib.resources.files("blockprof.conf") / "space" / f"{name}.yaml"
+    if path.is_file():
+        return path
+    return plugins.config_file("space", name) or path
 
 
 def _family_class(target: str | None, family: str | None, where: str) -> type[DesignSpace]:
@@ -34,9 +40,10 @@ def _family_class(target: str | None, family: str | None, where: str) -> type[De
 
 
 def available_spaces() -> list[str]:
-    """Names of the spaces shipped as YAML files."""
+    """Names of the spaces shipped as YAML files, and those plugins add."""
     folder = importlib.resources.files("blockprof.conf") / "space"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+    names = {p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml")}
+    return sorted(names | set(plugins.config_names("space")))
 
 
 def build_space(name: str, resolutions: Sequence[int] | None = None, width_mult: float | None = None,

@@ -28,6 +28,7 @@ family parameters), so a config node with `_target_: <family class>` builds it;
 from __future__ import annotations
 
 import functools
+from abc import ABC, abstractmethod
 import itertools
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Sequence
@@ -97,8 +98,9 @@ class Capabilities:
 FAMILIES: dict[str, type["DesignSpace"]] = {}
 
 
-class DesignSpace:
-    """Generic part of every space. Family modules fill the hooks (see the module doc)."""
+class DesignSpace(ABC):
+    """Generic part of every space. Family modules fill the hooks (see the module doc); they
+    are abstract, so a family that misses one fails when it is built, not at first use."""
 
     family: ClassVar[str] = ""
     ops_class: ClassVar[type["FamilyOps"]]
@@ -117,60 +119,67 @@ class DesignSpace:
             FAMILIES.setdefault(cls.family, cls)
 
     # ---- family hooks -------------------------------------------------
+    @abstractmethod
     def unit_blocks(self, unit: int) -> tuple[str, ...]:
         """Every block token that may stand in `unit`."""
-        raise NotImplementedError
 
     def check_unit(self, unit: int, layers: Sequence[str]) -> None:
         """Family-specific consistency of one unit's layers (raise UserError)."""
 
+    @abstractmethod
     def to_ofa(self, arch: Arch) -> dict:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def from_ofa(self, spec: dict) -> Arch:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def parse_slot(self, spec: Sequence) -> list[Slot]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def slots(self) -> list[Slot]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def slot_columns(self, slot: Slot | None) -> dict:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def describe(self, slot: Slot) -> str:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def force(self, arch: Arch, slot: Slot, rng: np.random.Generator) -> Arch:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def layers(self, arch: Arch) -> list[Layer]:
         """The arch's real layers, in order (stem and head included)."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def n_fixed_variants(self) -> int:
         """How many values `SlotEncoding.fixed` takes."""
-        raise NotImplementedError
 
     @property
+    @abstractmethod
     def n_slot_choices(self) -> int:
         """How many values `SlotEncoding.choice` takes at a slot."""
-        raise NotImplementedError
 
+    @abstractmethod
     def fixed_layers(self, r: int, f: int) -> tuple[list[Layer], list[Layer]]:
         """Layers before and after the slots, at resolution r, for fixed variant f."""
-        raise NotImplementedError
 
+    @abstractmethod
     def choice_layers(self, r: int, s: int, c: int) -> tuple[list[Layer], int]:
         """Layers of choice c at slot position s (empty: no such choice there) and the
         index in `blocks` of the token it stands for (-1: none)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _encode_tokens(self, tok: np.ndarray, active: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Interned tokens [n, S] (index in `blocks`, -1 inactive) -> (choice, fixed)."""
-        raise NotImplementedError
 
     @functools.cached_property
     def _accuracy_res_index(self) -> np.ndarray:
@@ -186,9 +195,9 @@ class DesignSpace:
         """OFA's accuracy-predictor input [n, features] (float32) for encoded archs."""
         raise UserError(f"space {self.name} has no OFA accuracy-predictor encoding")
 
+    @abstractmethod
     def new_supernet(self):
         """A fresh OFA supernet for this space (random weights, eval mode)."""
-        raise NotImplementedError
 
     @property
     def capabilities(self) -> Capabilities:
@@ -401,7 +410,7 @@ def pick(rng: np.random.Generator, seq: Sequence):
     return seq[int(rng.integers(len(seq)))]
 
 
-class FamilyOps:
+class FamilyOps(ABC):
     """What the search needs to know about a family: hooks shared by the mutator, the
     samplers and the insight profiles, written over "units of layer tokens".
 
@@ -414,40 +423,44 @@ class FamilyOps:
         self.space = space
 
     # -- candidates ----------------------------------------------------
+    @abstractmethod
     def universe(self, unit: int) -> tuple:
         """Every candidate a profile may list for `unit`."""
-        raise NotImplementedError
 
     def parse_candidate(self, value):
         """A YAML value as a candidate (raise ValueError when it has the wrong type)."""
         return value
 
+    @abstractmethod
     def candidate_of_row(self, row: dict):
         """The candidate a profile summary row is about, or None (rows not about a candidate)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def unit_fits(self, cands: Sequence, unit: int, layers: Unit) -> bool:
         """Whether a unit's layers use only the profile's candidates."""
-        raise NotImplementedError
 
     # -- sampling ------------------------------------------------------
+    @abstractmethod
     def sample_units(self, cands, min_layers, max_layers, rng: np.random.Generator, n: int) -> list[list[Unit]]:
         """n random archs' units (without resolution), uniform per unit: depth, then each layer."""
-        raise NotImplementedError
 
     # -- random-mutation edits ------------------------------------------
+    @abstractmethod
     def edits(self, cands: Sequence, unit: int, layers: Unit, lo: int, hi: int) -> list[str]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def apply(self, edit: str, cands: Sequence, unit: int, layers: Unit, rng) -> Unit:
-        raise NotImplementedError
+        ...
 
     # -- OFA-style genetic operators -----------------------------------
+    @abstractmethod
     def gene_mutate(self, cands, unit: int, layers: Unit, lo: int, hi: int, p: float, rng) -> Unit:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def crossover(self, unit: int, a: Unit, b: Unit, rng) -> Unit:
-        raise NotImplementedError
+        ...
 
     def pack(self, archs):
         """Archs in the family's batch form, for the *_rows operators."""
@@ -463,8 +476,10 @@ class FamilyOps:
                 for i, j in zip(rows_a, rows_b)]
 
     # -- cost-lowering edits (repair of archs over a constraint) --------
+    @abstractmethod
     def shrink_edits(self, cands, unit: int, layers: Unit, lo: int) -> list[str]:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def shrink(self, edit: str, cands, unit: int, layers: Unit, rng) -> Unit:
-        raise NotImplementedError
+        ...

@@ -1,7 +1,6 @@
 """Predictor-guided search (task=search).
 
 - `pareto`: non-dominated sorting, 2-D hypervolume, best accuracy under a budget;
-- `family`: the per-family hooks (MBConv blocks; ResNet widths, expansions, stem);
 - `insight`: insight (reduced) spaces: the paper's profiles, `<name>_random`, `from_profile`;
 - `mutation`: the unit-level mutator, OFA-style genetic operators, `mutate_archs`;
 - `evaluator`: the memo of scored archs (budget = unique archs);

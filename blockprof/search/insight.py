@@ -30,8 +30,7 @@ import pandas as pd
 import yaml
 
 from blockprof.common.errors import UserError
-from blockprof.core.space import DesignSpace
-from blockprof.search.family import FamilyOps, family_ops
+from blockprof.core.space import DesignSpace, FamilyOps
 from blockprof.search.pareto import non_dominated
 
 INSIGHT_DIR = Path(str(importlib.resources.files("blockprof.conf") / "insight"))
@@ -74,7 +73,7 @@ class InsightProfile:
 def profile_from_dict(space: DesignSpace, name: str, d: dict, ops: FamilyOps | None = None,
                       notes: dict | None = None) -> InsightProfile:
     """Check a profile in the schema against the space; one clear line per problem."""
-    ops = ops or family_ops(space)
+    ops = ops or space.ops
     where = f"insight profile '{name}' for space {space.name}"
     if not isinstance(d, dict):
         raise UserError(f"{where}: expected a mapping with {ops.candidates_key}, unit_mutate_probs, max_layers, min_layers")
@@ -168,7 +167,7 @@ def named_profile(space: DesignSpace, name: str, ops: FamilyOps | None = None) -
 def random_variant(space: DesignSpace, base: InsightProfile, rng: np.random.Generator,
                    ops: FamilyOps | None = None) -> InsightProfile:
     """Same candidate count per unit as `base`, candidates drawn uniformly from the full list."""
-    ops = ops or family_ops(space)
+    ops = ops or space.ops
     cands = []
     for u, cs in enumerate(base.candidates):
         universe = ops.universe(u)
@@ -204,7 +203,7 @@ def load_insight(space: DesignSpace, name: str, rng: np.random.Generator, *, pro
     """The profile `search.insight` names (see the module docstring). `fetch_run_summary`
     reads a profile run's summary.csv from MLflow, given its run id (the app passes one
     bound to this run's tracking store)."""
-    ops = family_ops(space)
+    ops = space.ops
     name = str(name)
     if name == "from_profile":
         if not profile_run:
@@ -284,7 +283,7 @@ def derive_from_summary(space: DesignSpace, df: pd.DataFrame, *, cost: str, rule
 
     Units the summary says nothing about keep the full space's settings.
     """
-    ops = ops or family_ops(space)
+    ops = ops or space.ops
     acc_col, cost_col = "accuracy_mean", f"{cost}_mean"
     need = ["unit", "layer", "block", acc_col, cost_col] + (["width"] if ops.candidates_key == "unit_width_indices" else [])
     missing = [c for c in need if c not in df.columns]
@@ -389,7 +388,7 @@ def derive_from_summary(space: DesignSpace, df: pd.DataFrame, *, cost: str, rule
 def profile_fits(space: DesignSpace, profile: InsightProfile, arch, ops: FamilyOps | None = None,
                  resolutions: Sequence[int] | None = None) -> bool:
     """Whether `arch` lies inside the profile (candidates, depths, resolutions)."""
-    ops = ops or family_ops(space)
+    ops = ops or space.ops
     if resolutions is not None and arch.resolution not in resolutions:
         return False
     for u, layers in enumerate(arch.units):

@@ -3,7 +3,7 @@
 One mutation: each unit is picked with its profile probability (and the resolution
 with `resolution_prob`), redrawn until at least one is picked; each picked unit gets
 one edit chosen uniformly among the valid ones (add a layer, remove a layer, swap a
-layer's block; ResNet adds width and stem edits, see search.family); the resolution
+layer's block; ResNet adds width and stem edits, see the family modules' ops); the resolution
 moves to another allowed one. Never outside the profile's candidates or min/max layers.
 
 Also here: sampling inside a profile, OFA-style genetic operators (evolution), a
@@ -19,7 +19,6 @@ import numpy as np
 
 from blockprof.common.errors import UserError
 from blockprof.core.space import Arch, DesignSpace
-from blockprof.search.family import family_ops
 from blockprof.search.insight import InsightProfile, profile_fits
 
 PICK_CAP = 1000  # redraws of the unit selection before giving up on one mutation
@@ -28,7 +27,7 @@ PICK_CAP = 1000  # redraws of the unit selection before giving up on one mutatio
 class Mutator:
     def __init__(self, space: DesignSpace, profile: InsightProfile, resolutions: Sequence[int] | None = None,
                  resolution_prob: float = 0.25):
-        self.space, self.profile, self.ops = space, profile, family_ops(space)
+        self.space, self.profile, self.ops = space, profile, space.ops
         res = tuple(int(r) for r in (resolutions if resolutions else space.resolutions))
         for r in res:
             space.check_resolution(r)

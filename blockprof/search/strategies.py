@@ -21,12 +21,14 @@ that is set, or after `stall_iterations` iterations in a row that found nothing 
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
 from blockprof.common.errors import UserError
+from blockprof.common.plugins import register_schema
 from blockprof.core.space import Arch
 from blockprof.search.evaluator import Evaluator
 from blockprof.search.insight import FromProfileRule
@@ -143,11 +145,23 @@ def _prob(cfg, *keys):
 
 
 # ===================================================================== base
-class Strategy:
-    """Shared machinery: budget, initial samplers, measures, state."""
+# name -> class of every strategy defined so far (built-ins below, plugins when imported)
+STRATEGIES: dict[str, type] = {}
+
+
+class Strategy(ABC):
+    """Shared machinery: budget, initial samplers, measures, state.
+
+    A subclass with its own `Config` (a dataclass with a `name` default) registers
+    itself when its module is imported: `schema/search/<name>` in Hydra's ConfigStore
+    and `STRATEGIES[<name>]`; its YAML then starts from `/schema/search/<name>@_here_`."""
     Config = SearchConfig
     constrained = False
     caches_costs = True   # keep (and journal) every cost-only check: rm_cons_acc asks which were checked
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        register_schema("search", cls, STRATEGIES)
 
     def __init__(self, cfg, mutator: Mutator, evaluator: Evaluator, rng: np.random.Generator):
         self.cfg, self.mutator, self.ev, self.rng = cfg, mutator, evaluator, rng
@@ -170,11 +184,13 @@ class Strategy:
             raise UserError(f"search.iterations must be >= 0, not {c.iterations}")
 
     # ------------------------------------------------------------ hooks
+    @abstractmethod
     def initialize(self) -> None:
-        raise NotImplementedError
+        """Score the initial set (iteration 0)."""
 
+    @abstractmethod
     def step(self, it: int) -> None:
-        raise NotImplementedError
+        """Score one iteration's archs."""
 
     def state_dict(self) -> dict:
         return {"hv_ref": list(self.hv_ref) if self.hv_ref else None, "limits": self.limits}
@@ -580,5 +596,3 @@ class RandomSearch(Strategy):
     def step(self, it):
         self.ev.score(self.sample_unique(min(self.cfg.budget_per_iter, self.remaining)), it, "sample")
 
-
-STRATEGIES = {cls.Config.name: cls for cls in (RMPareto, RMConsAcc, Evolution, Bands, RandomSearch)}

@@ -36,7 +36,6 @@ from blockprof.common.fileio import atomic_write_text
 from blockprof.infra.tracking import fetch_run_csv
 from blockprof.search.checkpoint import Checkpoint
 from blockprof.search.evaluator import Evaluator
-from blockprof.search.family import family_ops
 from blockprof.search.insight import load_insight
 from blockprof.search.mutation import Mutator
 from blockprof.search.pareto import non_dominated
@@ -132,7 +131,7 @@ def prepare(ctx) -> Prepared:
     mutator = Mutator(space, profile, scfg.resolutions, getattr(scfg, "resolution_mutate_prob", 0.25))
     evaluator = Evaluator(ctx.metrics, cost)
     strategy = cls(scfg, mutator, evaluator, ctx.rng)
-    runner = SearchRunner(strategy, ckpt, ctx.rng, fingerprint(cfg, profile.to_dict(family_ops(space))))
+    runner = SearchRunner(strategy, ckpt, ctx.rng, fingerprint(cfg, profile.to_dict(space.ops)))
     runner.check_resumable()
     return Prepared(cls, scfg, cost, work, ckpt, profile, strategy, runner)
 
@@ -171,7 +170,7 @@ def run(ctx, tracker, prepared: Prepared | None = None):
     scfg, cost, work, profile, strategy = p.scfg, p.cost, p.work, p.profile, p.strategy
     for m in ctx.metrics.values():  # memoising metrics (supernet accuracy) keep their memo with the checkpoint
         m.bind_run_dir(work)
-    ops = family_ops(space)
+    ops = space.ops
     evaluator = strategy.ev
 
     insight_path = atomic_write_text(work / "insight_space.yaml", profile.to_yaml(ops))

@@ -1,0 +1,13 @@
+"""A space class from outside blockprof: OFA-ProxylessNAS without a pretrained supernet
+(as a family someone trained themselves would be), so accuracy must come from elsewhere."""
+from __future__ import annotations
+
+from blockprof.core.families.mbconv import ProxylessSpace
+from blockprof.core.space import Capabilities
+
+
+class UntrainedProxylessSpace(ProxylessSpace):
+    @property
+    def capabilities(self) -> Capabilities:
+        own = super().capabilities
+        return Capabilities(accuracy_predictor=None, lookup_table=own.lookup_table, supernet_checkpoint=None)
