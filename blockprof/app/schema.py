@@ -177,13 +177,16 @@ class TrainPredictorTaskConfig(TaskConfig):
     batch_size: int = 64
     lr: float = 0.002
     weight_decay: float = 1e-5
-    hidden: int = 32
-    layers: int = 1
+    hidden: Optional[int] = None       # None: 32, or init_from's
+    layers: Optional[int] = None       # None: 1, or init_from's
     ridge: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
     loss: str = "rel_l1"
     threads: int = 1
-    log_model: bool = True
-    init_from: Optional[str] = None    # fine-tune from another device's checkpoint (few-shot)
+    log_model: bool = True             # register the run's checkpoint as a new MLflow model version
+    promote: Optional[bool] = None     # champion alias: None = only if it beats the champion, true = make it, false = never
+    min_test_archs: int = 50           # a CSV whose test split is smaller is refused ...
+    allow_small_test: bool = False     # ... unless this is set (then never champion on its own)
+    init_from: Optional[str] = None    # fine-tune from another device's checkpoint or models:/ URI (few-shot)
     train_archs: Optional[int] = None  # use only this many (seeded) training archs
     device_filter: Optional[str] = None  # train only on the CSV rows of this device (mixed or other-device CSVs)
 
