@@ -82,7 +82,8 @@ def test_front_exported_timed_and_trained_end_to_end(tmp_path):
     ckpt = tmp_path / "myphone_gnn.pt"
     out = execute(compose([*PHONE, "task=train_predictor", f"task.csv={filled}", f"task.checkpoint={ckpt}",
                            "task.model=gnn", "task.max_epochs=15", "task.patience=15", "task.hidden=8",
-                           "task.split=[0.6,0.2,0.2]", "task.log_model=false"], tmp_path / "o"),
+                           "task.split=[0.6,0.2,0.2]", "task.log_model=false",
+                           "task.allow_small_test=true"], tmp_path / "o"),
                   run_dir=tmp_path / "run_train")
     assert ckpt.is_file() and np.isfinite(out["test"]["mape"])
     model, meta = load_checkpoint(ckpt, space)
@@ -93,7 +94,7 @@ def test_front_exported_timed_and_trained_end_to_end(tmp_path):
     # ...and, as the device's default CSV, serves `device=npu device.name=myphone` (trained there on first use)
     from blockprof.app.metric_factory import build_metrics
     cfg = compose([*PHONE, "task=evaluate", f"paths.data_dir={tmp_path / 'data'}",
-                   "+device.latency.train.max_epochs=3"], tmp_path / "o")
+                   "+device.latency.train.max_epochs=3", "device.latency.allow_small_test=true"], tmp_path / "o")
     lat = build_metrics(cfg, space)["latency"]
     lat.bind_run_dir(tmp_path / "run_first_use")
     assert (lat.evaluate([r.arch for r in recs[:3]]) > 0).all()

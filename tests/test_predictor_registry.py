@@ -55,10 +55,13 @@ def test_small_csv_is_refused_in_one_line_unless_asked(cfg_factory, tmp_path, sy
     msg = str(exc.value)
     assert "\n" not in msg and "has 6 archs" in msg and "1 < 50" in msg and "task.allow_small_test=true" in msg
     assert not (tmp_path / "run").exists() and not (tmp_path / "predictors").exists()
-    # asked for: it trains, but a 1-arch test set never makes it the champion
+    # asked for: it trains (and, with no champion to compare against, serves)...
     out = execute(cfg_factory(*over, "task.allow_small_test=true"), run_dir=tmp_path / "run2")
-    assert out["test"]["n"] == 1 and not out["champion"]["promoted"]
-    assert not (tmp_path / "predictors" / "mbv3_npu_gnn.pt").exists()
+    assert out["test"]["n"] == 1 and out["champion"]["promoted"]
+    assert (tmp_path / "predictors" / "mbv3_npu_gnn.pt").is_file()
+    # ...but a 1-arch test set never replaces a champion
+    again = execute(cfg_factory(*over, "task.allow_small_test=true", "task.max_epochs=40"), run_dir=tmp_path / "run3")
+    assert not again["champion"]["promoted"] and "too small" in again["champion"]["why"]
     assert out["checkpoint"] == tmp_path / "run2" / "checkpoint" / "mbv3_npu_gnn.pt" and out["checkpoint"].is_file()
 
 

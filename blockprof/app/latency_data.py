@@ -181,7 +181,7 @@ class TrainOnFirstUse(Metric):
             # nothing is at ckpt_path (else it would have been loaded): writing it overwrites nothing
             result = train_from_csv(self.space, self.csv_path, device, opts, int(cfg.seed),
                                     self.ckpt_path, tracker, run_dir)
-            result["small_test"] = result["test"]["n"] < MIN_TEST_ARCHS
+            result["small_test"] = result["test"]["n"] < int(lat.get("min_test_archs", MIN_TEST_ARCHS))
             name = registered_model_name(self.space.name, device)
             version = log_mlflow_model(tracker, self.ckpt_path, device)
             if version is not None:
@@ -224,6 +224,12 @@ def predictor_latency_metric(cfg, space: DesignSpace) -> Metric:
         read_latency_csv(csv_path, space, device=str(cfg.device.name))  # a malformed CSV fails now, before any run opens
     else:
         ensure_latency_csv(cfg, space, csv_path)  # fetched files are checked on the way in
-    from blockprof.predictors.train import TrainOptions
-    TrainOptions.from_config(lat.get("train"), model=kind)  # and so do bad training options
+    from blockprof.predictors.train import TrainOptions, check_test_size, split_indices
+    opts = TrainOptions.from_config(lat.get("train"), model=kind)  # and so do bad training options
+    if not lat.get("allow_small_test", False):  # a predictor tested on a handful of archs is never served
+        import numpy as np
+        n = len(read_latency_csv(csv_path, space, device=str(cfg.device.name)))
+        _, _, te = split_indices(n, np.random.default_rng(int(cfg.seed)), opts.split)
+        check_test_size(n, len(te), str(csv_path), "device.latency.allow_small_test",
+                        int(lat.get("min_test_archs", MIN_TEST_ARCHS)))
     return TrainOnFirstUse(cfg, space, csv_path, ckpt_path)

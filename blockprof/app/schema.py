@@ -54,6 +54,8 @@ class PredictorLatencyConfig(LatencyConfig):
     checkpoint: str = "${paths.data_dir}/predictors/${space.name}_${device.name}_${device.latency.model}.pt"
     model: str = "gnn"
     train: Dict[str, Any] = field(default_factory=dict)  # on-demand training options (TrainOptions fields)
+    min_test_archs: int = 50           # on-demand training refuses a CSV whose test split is smaller ...
+    allow_small_test: bool = False     # ... unless this is set
 
 
 @dataclass
