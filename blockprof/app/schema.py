@@ -60,9 +60,18 @@ class PredictorLatencyConfig(LatencyConfig):
 
 @dataclass
 class MeasuredLatencyConfig(PredictorLatencyConfig):
-    """The real subnet timed on this machine; `source: predictor` switches to a predictor
-    trained on this machine's `task=measure` CSV."""
-    source: str = "measured"
+    """A device blockprof times itself. `source: calibrated` (default): a GNN fitted once per
+    (space, device, machine) on a measured calibration set (blockprof/app/calibration.py);
+    `measured`: every arch timed directly; `predictor`: a GNN trained on a task=measure CSV."""
+    source: str = "calibrated"
+    calib_archs: int = 250         # archs timed once per (space, device, machine)
+    calib_split: List[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # train / dev / held-out test
+    calib_rounds: int = 6          # timed rounds per calibration arch
+    calib_warmup: int = 1
+    calib_retest: int = 25         # archs timed twice: the test-retest floor
+    calib_dir: str = "${paths.data_dir}/calibration"
+    retime_rounds: int = 2         # each run re-times the reference subnets this briefly (0: never)
+    rescale_threshold: float = 0.1  # rescale predictions only when the machine's speed moved more than this
     hw: str = "cpu"            # cpu | cuda
     engine: str = "torch"      # the inference engine that runs the subnet
     threads: int = 1

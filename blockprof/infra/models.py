@@ -63,7 +63,8 @@ def registered_model_name(space: str, device: str) -> str:
     return f"blockprof-latency-{space}-{device}"
 
 
-def log_mlflow_model(tracker, ckpt_path: Path, device: str | None = None, examples: int = 5) -> str | None:
+def log_mlflow_model(tracker, ckpt_path: Path, device: str | None = None, examples: int = 5,
+                     registered_name: str | None = None) -> str | None:
     """Log the checkpoint as an MLflow pyfunc model of the tracker's run, with its signature
     and an input example (the seed's `net_str`/`resolution` columns), registered under
     `registered_model_name(space, device)` when `device` is given (no-op without tracking).
@@ -96,7 +97,8 @@ def log_mlflow_model(tracker, ckpt_path: Path, device: str | None = None, exampl
             return mlflow.pyfunc.log_model(name="latency_predictor", python_model=_pyfunc_model(),
                                     artifacts={"checkpoint": str(ckpt_path)},
                                     signature=infer_signature(example, predicted), input_example=example,
-                                    registered_model_name=registered_model_name(sp["name"], device) if device else None,
+                                    registered_model_name=registered_name or (
+                                        registered_model_name(sp["name"], device) if device else None),
                                     pip_requirements=["torch", "numpy", "ofa", "blockprof"])
     info = tracker.call_mlflow(log)
     version = getattr(info, "registered_model_version", None) if info is not None else None
@@ -319,6 +321,17 @@ def promote(cfg, space, name: str, version: str | None, ckpt_path: Path, result:
         from blockprof.common.fileio import atomic_write
         atomic_write(champion_file, lambda tmp: shutil.copyfile(ckpt_path, tmp), durable=True)
     return decision
+
+
+def note_serving(tags: dict) -> None:
+    """Tag the MLflow run in progress (the task's) with the predictor that serves it; a no-op
+    outside a tracked run. Metrics are built before the run opens, so they say it here."""
+    try:
+        import mlflow
+        if mlflow.active_run() is not None:
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+    except Exception as exc:  # tracking is a convenience: never fail the scoring for it
+        log.debug("could not tag the run with its predictor: %s", exc)
 
 
 def set_champion(uri: str, name: str, version: str) -> None:
