@@ -175,7 +175,9 @@ class CalibratedLatency(Metric):
     def _prepare(self) -> PredictedLatency:
         p = self.plan
         if not p.checkpoint.is_file():
-            self._calibrate()
+            with _calibration_lock(p.checkpoint):  # parallel jobs of a sweep: one calibrates, the others wait
+                if not p.checkpoint.is_file():
+                    self._calibrate()
         metric = load_predicted_latency(p.checkpoint, self.space, "gnn", threads=1, device=str(self.cfg.device.name))
         side = json.loads(p.sidecar.read_text()) if p.sidecar.is_file() else {}
         self.factor, measured = self._rescale(side)
@@ -225,6 +227,30 @@ class CalibratedLatency(Metric):
 
     def __repr__(self) -> str:
         return f"CalibratedLatency({self.plan.checkpoint})"
+
+
+class _calibration_lock:
+    """An exclusive lock file beside the checkpoint (released by the OS if the process dies)."""
+
+    def __init__(self, ckpt: Path):
+        self.path = ckpt.with_name(f".{ckpt.name}.lock")
+
+    def __enter__(self):
+        import fcntl
+        import os
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("latency: another run is calibrating this device; waiting for it")
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        import os
+        os.close(self.fd)
+        return False
 
 
 def calibrated_latency_metric(cfg, space: DesignSpace) -> Metric:

@@ -63,7 +63,9 @@ class MeasuredLatencyConfig(PredictorLatencyConfig):
     """A device blockprof times itself. `source: calibrated` (default): a GNN fitted once per
     (space, device, machine) on a measured calibration set (blockprof/app/calibration.py);
     `measured`: every arch timed directly; `predictor`: a GNN trained on a task=measure CSV."""
-    source: str = "calibrated"
+    # calibrated unless $BLOCKPROF_MEASURED_SOURCE names another default for this machine
+    # (e.g. `measured` on a CI runner that must not spend minutes calibrating)
+    source: str = "${oc.env:BLOCKPROF_MEASURED_SOURCE,calibrated}"
     calib_archs: int = 250         # archs timed once per (space, device, machine)
     calib_split: List[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # train / dev / held-out test
     calib_rounds: int = 6          # timed rounds per calibration arch
