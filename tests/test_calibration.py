@@ -53,6 +53,20 @@ def test_calibrates_once_then_reuses_and_rescales(cfg_factory, tmp_path):
     factor = float(_tags(tmp_path, "evaluate")[0]["latency.rescale"])  # newest run first
     assert factor != 1.0 and np.allclose(df3["latency"], df["latency"] * factor, rtol=1e-4)
 
+    # a search runs on the predictor, then times (part of) its final front directly
+    out = execute(cfg_factory("task=search", f"paths.data_dir={data}", "tracking=local", *TINY,
+                              "metric.names=[accuracy,latency]", "search.budget=40", "search.init_size=20",
+                              "search.budget_per_iter=20", "search.iterations=1", "search.plot=false",
+                              "device.latency.verify_front=3", "device.latency.repeats=2", "device.latency.warmup=0",
+                              "device.latency.rescale_threshold=100"), run_dir=tmp_path / "s")
+    fm = out["front_measured"]
+    assert len(_tags(tmp_path, "calibrate")) == 1  # the search reused the calibration too
+    assert fm["front_measured_n"] == min(3, len(out["front"])) and fm["front_measured_mape"] >= 0
+    table = fm["table"]
+    assert (table["latency_measured"] > 0).all() and table["on_measured_front"].any()
+    assert np.allclose(table["error_pct"], (table["latency_predicted"] / table["latency_measured"] - 1) * 100)
+    assert (tmp_path / "s" / "front_measured.csv").is_file()
+
     # source=measured keeps direct timing; the calibrated metric is the default
     cfg = cfg_factory(*over)
     assert isinstance(build_metrics(cfg, build_space("mbv3", resolutions=[160]))["latency"], CalibratedLatency)

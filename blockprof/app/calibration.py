@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import platform
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -260,3 +261,49 @@ def calibrated_latency_metric(cfg, space: DesignSpace) -> Metric:
     if not plan.checkpoint.is_file():
         plan.check_size()  # a calibration set too small to test is refused before any run opens
     return CalibratedLatency(cfg, space, plan)
+
+
+# ===================================================================== a search's final front, timed
+def time_final_front(ctx, front, cost: str, work: Path, tracker) -> dict | None:
+    """After a search scored by a calibrated predictor: time (up to `device.latency.verify_front`
+    of) the final front's archs directly, report predicted-vs-measured error on them, and
+    recompute the front on the measured values (`front_measured.csv`). None when the
+    search's cost is not a calibrated latency or verification is off."""
+    import pandas as pd
+    from blockprof.common.fileio import atomic_write
+    from blockprof.metrics.measured import MeasuredLatency
+    from blockprof.predictors.report import fidelity
+    from blockprof.search.pareto import non_dominated
+    metric = ctx.metrics.get(cost)
+    k = int(ctx.cfg.device.latency.get("verify_front", 0) or 0)
+    if cost != "latency" or not isinstance(metric, CalibratedLatency) or k <= 0 or len(front) == 0:
+        return None
+    rows = front.sort_values(cost, kind="stable").reset_index(drop=True)
+    if len(rows) > k:  # evenly along the front, both ends included
+        rows = rows.iloc[np.unique(np.round(np.linspace(0, len(rows) - 1, k)).astype(int))].reset_index(drop=True)
+    archs = [ctx.space.parse(a, int(r)) for a, r in zip(rows["arch"], rows["resolution"])]
+    lat = ctx.cfg.device.latency
+    timer = MeasuredLatency.from_config(lat, ctx.space, seed=int(ctx.cfg.seed),
+                                        cache_dir=resolve_path(lat.get("cache_dir") or "outputs/cache/onnx", ctx.cfg))
+    timer.bind_run_dir(work / "front_timing")
+    (work / "front_timing").mkdir(parents=True, exist_ok=True)
+    log.info("search: timing %d archs of the final front directly on %s", len(archs), ctx.cfg.device.name)
+    t0 = time.perf_counter()
+    measured = np.asarray(timer.evaluate(archs), dtype=np.float64)
+    predicted = rows[cost].to_numpy(dtype=np.float64)
+    fid = fidelity(measured, predicted)
+    out = rows.rename(columns={cost: "latency_predicted"})
+    out["latency_measured"] = measured
+    out["error_pct"] = (predicted - measured) / measured * 100
+    out["on_measured_front"] = non_dominated(out["accuracy"].to_numpy(), measured)
+    path = atomic_write(work / "front_measured.csv", lambda p: out.to_csv(p, index=False))
+    tracker.log_artifact(path)
+    summary = {"front_measured_n": float(len(archs)), "front_measured_mape": fid["mape"],
+               "front_measured_spearman": fid["spearman"], "front_measured_seconds": time.perf_counter() - t0,
+               "front_measured_front_size": float(out["on_measured_front"].sum())}
+    tracker.log_metrics({k_: v for k_, v in summary.items() if math.isfinite(v)})
+    log.info("search: predicted vs measured on %d front archs: MAPE %.2f %%, Spearman %.3f (held-out MAPE of the "
+             "predictor %s); %d of them stay on the front recomputed on measured values -> %s", len(archs),
+             fid["mape"], fid["spearman"], f"{metric.info.get('held_out_mape'):.2f} %"
+             if metric.info.get("held_out_mape") is not None else "?", int(out["on_measured_front"].sum()), path)
+    return {**summary, "table": out}

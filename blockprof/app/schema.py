@@ -74,6 +74,7 @@ class MeasuredLatencyConfig(PredictorLatencyConfig):
     calib_dir: str = "${paths.data_dir}/calibration"
     retime_rounds: int = 2         # each run re-times the reference subnets this briefly (0: never)
     rescale_threshold: float = 0.1  # rescale predictions only when the machine's speed moved more than this
+    verify_front: int = 30         # task=search: time up to this many final-front archs directly (0: off)
     hw: str = "cpu"            # cpu | cuda
     engine: str = "torch"      # the inference engine that runs the subnet
     threads: int = 1
