@@ -188,7 +188,7 @@ class CalibratedLatency(Metric):
         mape = side.get("test_mape")
         log.info("latency: served by the calibrated predictor %s (held-out MAPE %s on %s archs; machine speed "
                  "x%.3f since calibration%s)", self.info["served_by"], f"{mape:.2f} %" if mape is not None else "?",
-                 side.get("test_n", "?"), measured, f", predictions rescaled x{self.factor:.3f}"
+                 int(side["test_n"]) if side.get("test_n") is not None else "?", measured, f", predictions rescaled x{self.factor:.3f}"
                  if self.factor != 1.0 else "")
         from blockprof.infra.models import note_serving
         note_serving({"latency.served_by": self.info["served_by"], "latency.calibration": p.key,
