@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from blockprof.common.errors import UserError
+from blockprof.common.fileio import sha256_file
 from blockprof.core.latency_csv import read_latency_csv
 from blockprof.core.space import DesignSpace
 from blockprof.infra.tracking import resolve_path
@@ -148,6 +149,27 @@ def ensure_latency_csv(cfg, space: DesignSpace, csv_path: Path) -> Path:
     raise UserError(missing_data_message(cfg, space, csv_path))
 
 
+class ServedLatency(PredictedLatency):
+    """A predictor device's metric that, at its first scoring (inside the task's MLflow run,
+    which opens after metrics are built), tags the run with the predictor serving it."""
+
+    _announced = False
+
+    @classmethod
+    def of(cls, metric: PredictedLatency) -> "ServedLatency":
+        return cls(metric.model, metric.checkpoint, metric.info, threads=metric.threads)
+
+    def evaluate(self, archs):
+        if not self._announced:
+            self._announced = True
+            from blockprof.infra.models import note_serving
+            test = self.info.get("test") or {}
+            note_serving({"latency.served_by": self.info.get("served_by") or str(self.checkpoint),
+                          "latency.held_out_mape": f"{test['mape']:.4f}" if "mape" in test else "",
+                          "latency.held_out_n": int(test["n"]) if "n" in test else ""})
+        return super().evaluate(archs)
+
+
 class TrainOnFirstUse(Metric):
     """Stands in until the first `evaluate`, then trains (so the training run nests
     under the task's MLflow run, which opens after metrics are built)."""
@@ -191,7 +213,7 @@ class TrainOnFirstUse(Metric):
                 promote(cfg, self.space, name, version, self.ckpt_path, result, "auto", None)
         info = {"test": result["test"], "data": result["data"],
                 "served_by": f"models:/{name}/{version}" if version else str(self.ckpt_path)}
-        return PredictedLatency(result["model"], self.ckpt_path, info, threads=int(lat.get("infer_threads", 1)))
+        return ServedLatency(result["model"], self.ckpt_path, info, threads=int(lat.get("infer_threads", 1)))
 
     def __repr__(self) -> str:
         return f"PredictedLatency(untrained, from {self.csv_path})"
@@ -214,11 +236,17 @@ def predictor_latency_metric(cfg, space: DesignSpace) -> Metric:
         metric.info.update(registry=info, served_by=f"models:/{info['name']}/{info['version']}")
         log.info("latency: served by %s (version %s%s)", lat.checkpoint, info["version"],
                  f", held-out MAPE {float(info['tag.test_mape']):.2f} %" if info.get("tag.test_mape") else "")
-        return metric
+        return ServedLatency.of(metric)
     ckpt_path = resolve_path(lat.checkpoint, cfg)
     if ckpt_path.is_file():
-        return load_predicted_latency(ckpt_path, space, kind, threads=int(lat.get("infer_threads", 1)),
-                                      device=str(cfg.device.name))
+        metric = load_predicted_latency(ckpt_path, space, kind, threads=int(lat.get("infer_threads", 1)),
+                                        device=str(cfg.device.name))
+        sha = sha256_file(ckpt_path)
+        metric.info["served_by"] = f"{ckpt_path} (sha256 {sha[:12]})"
+        test = metric.info.get("test") or {}
+        log.info("latency: served by %s%s", metric.info["served_by"],
+                 f" (held-out MAPE {test['mape']:.2f} % on {int(test.get('n', 0))} archs)" if "mape" in test else "")
+        return ServedLatency.of(metric)
     csv_path = resolve_path(lat.csv, cfg)
     if csv_path.is_file():
         read_latency_csv(csv_path, space, device=str(cfg.device.name))  # a malformed CSV fails now, before any run opens
