@@ -82,3 +82,22 @@ def test_a_calibration_set_too_small_to_test_is_refused(cfg_factory, tmp_path):
                 run_dir=tmp_path / "run")
     assert "\n" not in str(exc.value) and "device.latency.allow_small_test=true" in str(exc.value)
     assert not data.exists() and not (tmp_path / "run").exists()
+
+
+def test_a_coverage_calibration_holds_out_random_archs(cfg_factory, tmp_path):
+    import torch
+    from blockprof.app.tasks.measure import sample_archs
+    data = tmp_path / "data"
+    over = ["task=evaluate", "task.num_archs=2", f"paths.data_dir={data}", "tracking=none", *TINY,
+            "device.latency.calib_select=coverage", "device.latency.calib_rounds=1", "device.latency.calib_retest=2"]
+    execute(cfg_factory(*over), run_dir=tmp_path / "run")
+    ckpt = next((data / "calibration").glob("*_coverage_gnn.pt"))
+    side = json.loads(ckpt.with_suffix(".json").read_text())
+    assert side["select"] == "coverage"
+    listed = next((data / "calibration").glob("*.coverage.archs.csv")).read_text().splitlines()
+    space = build_space("mbv3", resolutions=[160])
+    seeded = sample_archs(space, int(np.random.default_rng(0).integers(2 ** 31)), 2)
+    # held out: the first (random) archs of the seeded sample; trained on: chosen ones
+    assert [line.split(",")[1] for line in listed[1:3]] == [a.text for a in seeded]
+    split = torch.load(ckpt, weights_only=True)["data"]["split_sizes"]
+    assert len(listed) == 13 and split[2] == 2 and sum(split) == 12  # round(0.2 * 12) = 2 held out

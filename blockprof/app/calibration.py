@@ -70,6 +70,15 @@ class CalibrationPlan:
         self.checkpoint = folder / f"{stem}_gnn.pt"
         self.sidecar = folder / f"{stem}_gnn.json"
         self.archs = int(lat.get("calib_archs", 250))
+        self.select = str(lat.get("calib_select", "random"))
+        if self.select not in ("random", "coverage"):
+            raise UserError(f"device.latency.calib_select must be random or coverage, not '{self.select}'")
+        self.archs_list = folder / f"{stem}.{self.select}.archs.csv"
+        if self.select != "random":  # another file set: a random and a chosen calibration never mix
+            stem = f"{stem}_{self.select}"
+            self.csv = folder / f"{stem}.csv"
+            self.checkpoint = folder / f"{stem}_gnn.pt"
+            self.sidecar = folder / f"{stem}_gnn.json"
         self.split = [float(x) for x in lat.get("calib_split", [0.7, 0.1, 0.2])]
         self.min_test = int(lat.get("min_test_archs", 50))
         if self.archs < 3:
@@ -78,10 +87,35 @@ class CalibrationPlan:
     def check_size(self) -> None:
         """The calibration set's held-out part must test honestly (unless allowed)."""
         from blockprof.predictors.train import check_test_size
-        n_test = max(1, int(round(self.split[2] * self.archs)))
+        n_test = self.n_test()
         if not self.lat.get("allow_small_test", False):
             check_test_size(self.archs, n_test, f"the calibration set (device.latency.calib_archs={self.archs})",
                             "device.latency.allow_small_test", self.min_test)
+
+    def n_test(self) -> int:
+        return max(1, int(round(self.split[2] * self.archs)))
+
+    def chosen_list(self) -> list[int] | None:
+        """coverage: write the calibration list (held-out archs drawn at random, so the check
+        is on archs like the ones a run scores; the rest chosen to cover the space,
+        blockprof.predictors.selection) and return the held-out net_ids; random: None."""
+        if self.select == "random":
+            return None
+        from blockprof.app.tasks.measure import sample_archs
+        from blockprof.predictors.selection import choose
+        import pandas as pd
+        base_seed = int(np.random.default_rng(int(self.cfg.seed)).integers(2 ** 31))
+        pool = sample_archs(self.space, base_seed, 10 * self.archs)
+        test = list(range(self.n_test()))  # the first ids of the seeded sample: random archs
+        rest = list(range(self.n_test(), len(pool)))
+        picked = [rest[i] for i in choose(self.space, [pool[i] for i in rest], self.archs - len(test),
+                                          seed=int(self.cfg.seed))]
+        archs = [pool[i] for i in test + picked]
+        df = pd.DataFrame({"net_id": range(len(archs)), "arch": [a.text for a in archs],
+                           "resolution": [a.resolution for a in archs]})
+        self.archs_list.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.archs_list, df.to_csv(index=False))  # deterministic: a resumed run rewrites the same
+        return test
 
     def measure_cfg(self):
         """The run's config with a task=measure node that times the calibration set."""
@@ -93,7 +127,7 @@ class CalibrationPlan:
             "rounds": int(lat.get("calib_rounds", 6)), "chunk_size": int(lat.get("chunk_size", 25)),
             "stat": str(lat.get("stat", "median")), "clock": str(lat.get("clock", "cpu")),
             "references": int(lat.get("references", 3)), "retest_archs": int(lat.get("calib_retest", 25)),
-            "archs_csv": None})
+            "archs_csv": str(self.archs_list) if self.select != "random" else None})
         return c
 
 
@@ -141,12 +175,13 @@ class CalibratedLatency(Metric):
         log.info("latency: calibrating %s on this machine (%s): timing %d archs into %s, then fitting a GNN; "
                  "later runs reuse it", device, p.key, p.archs, p.csv)
         with track_run(cfg, run_dir, "calibrate", tags={"calibration": p.key}, nested=True) as tracker:
+            test_ids = p.chosen_list()
             measure_run(SimpleNamespace(cfg=p.measure_cfg(), space=self.space), tracker)  # resumable
             opts = TrainOptions.from_config(self.plan.lat.get("train"), model="gnn", split=tuple(p.split))
             staging = p.checkpoint.with_name(f".fitting_{p.checkpoint.name}")
             result = train_from_csv(self.space, p.csv, device, opts, int(cfg.seed), staging, tracker, run_dir,
                                     min_test_archs=None if p.lat.get("allow_small_test", False) else p.min_test,
-                                    small_test_flag="device.latency.allow_small_test")
+                                    small_test_flag="device.latency.allow_small_test", test_ids=test_ids)
             meta = json.loads(meta_path(p.csv).read_text())
             floor = (meta.get("retest") or {}).get("retest_mape")
             test = result["test"]
@@ -156,7 +191,7 @@ class CalibratedLatency(Metric):
                             "test-retest floor %.2f %%: a noisy calibration; recalibrate on a quieter machine "
                             "(delete %s)", test["mape"], floor, p.checkpoint)
             tracker.log_metrics({"calib_test_mape": test["mape"], **({"calib_floor_mape": floor} if floor else {})})
-            sidecar = {"format": "blockprof.calibration", "key": p.key, "identity": p.identity,
+            sidecar = {"format": "blockprof.calibration", "key": p.key, "select": p.select, "identity": p.identity,
                        "csv": str(p.csv), "reference": meta.get("reference"), "seed": int(cfg.seed),
                        "test_mape": test["mape"], "test_spearman": test["spearman"], "test_n": test["n"],
                        "floor_mape": floor, "floor_check": check}

@@ -318,14 +318,17 @@ def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str,
                    ckpt_path: str | os.PathLike, tracker, run_dir: str | os.PathLike,
                    init_from: str | os.PathLike | None = None, train_archs: int | None = None,
                    device_filter: str | None = None, min_test_archs: int | None = None,
-                   init_label: str | None = None, small_test_flag: str = "task.allow_small_test") -> dict:
+                   init_label: str | None = None, small_test_flag: str = "task.allow_small_test",
+                   test_ids: Sequence[int] | None = None) -> dict:
     """Read a seed-format CSV, split (seeded), fit with early stopping on dev MAPE, report on
     test, save the checkpoint atomically, log everything to `tracker`.
 
     Few-shot: `init_from` is another device's checkpoint (same space and features) to
     fine-tune from (its kind and size replace those of `opts`; `init_label` is how to name
     it, e.g. a models:/ URI); `train_archs` keeps only that many (seeded) archs of the
-    training part. `min_test_archs`: refuse a CSV whose test split is smaller."""
+    training part. `min_test_archs`: refuse a CSV whose test split is smaller. `test_ids`:
+    the net_ids held out for test (e.g. random archs beside a chosen training set); the
+    rest is split into train/dev by the seeded split's proportions."""
     import pandas as pd
     from blockprof.core.latency_csv import read_latency_csv
     from blockprof.predictors.report import fidelity, scatter_figure
@@ -334,7 +337,17 @@ def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str,
     recs = read_latency_csv(csv_path, space, device=device, device_filter=device_filter)  # one device, no mixing
     archs = [r.arch for r in recs]
     y = np.array([r.latency_ms for r in recs])
-    tr, dv, te = split_indices(len(recs), np.random.default_rng(seed), opts.split)
+    if test_ids is None:
+        tr, dv, te = split_indices(len(recs), np.random.default_rng(seed), opts.split)
+    else:
+        held = set(int(i) for i in test_ids)
+        te = np.array([i for i, r in enumerate(recs) if r.net_id in held], dtype=np.intp)
+        rest = np.array([i for i, r in enumerate(recs) if r.net_id not in held], dtype=np.intp)
+        if len(te) < 1 or len(rest) < 2:
+            raise UserError(f"{csv_path}: {len(te)} held-out and {len(rest)} training archs; need 1 and 2 at least")
+        perm = np.random.default_rng(seed).permutation(rest)
+        n_dev = max(1, int(round(len(rest) * opts.split[1] / (opts.split[0] + opts.split[1]))))
+        tr, dv = np.sort(perm[n_dev:]), np.sort(perm[:n_dev])
     if min_test_archs:
         check_test_size(len(recs), len(te), str(csv_path), small_test_flag, int(min_test_archs))
     init, init_info = None, None
