@@ -140,7 +140,8 @@ def test_a_sweep_never_moves_the_champion(cfg_factory, tmp_path, synthetic):
     _csv(data / "ofa_mbv3_npu_lat_data.csv", archs, y)
     common = ["device=npu", f"paths.data_dir={data}", "tracking=local"]
     # a deliberately poor champion (1 epoch, forced): any trial of the sweep beats it
-    execute(cfg_factory("task=train_predictor", *common, "task.max_epochs=1", "task.hidden=8", "task.promote=true",
+    execute(cfg_factory("task=train_predictor", *common, "task.max_epochs=1", "task.lr=1e-6", "task.hidden=8",
+                        "task.promote=true",
                         "task.log_model=true"), run_dir=tmp_path / "first")
     champion_file = data / "predictors" / "mbv3_npu_gnn.pt"
     before = champion_file.read_bytes()
@@ -154,6 +155,6 @@ def test_a_sweep_never_moves_the_champion(cfg_factory, tmp_path, synthetic):
     trials = [v for v in versions if v.tags.get("sweep") == "true"]
     assert len(trials) == 2
     first = next(v for v in versions if str(v.version) == "1")
-    assert all(float(v.tags["test_mape"]) < float(first.tags["test_mape"]) for v in trials)  # they would win...
+    assert any(float(v.tags["test_mape"]) < float(first.tags["test_mape"]) for v in trials)  # one would win...
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"  # ...but the alias stays
     assert champion_file.read_bytes() == before

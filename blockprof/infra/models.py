@@ -292,16 +292,18 @@ def promote(cfg, space, name: str, version: str | None, ckpt_path: Path, result:
         decision["why"] = "sweep trial or task.promote=false: the champion never moves"
         return decision
     if mode == "auto":
-        rho = float(test.get("spearman", float("nan")))
-        if not math.isfinite(rho) or rho < MIN_CHAMPION_SPEARMAN:
-            decision["why"] = f"test Spearman {rho:.3f} < {MIN_CHAMPION_SPEARMAN}"
-            return decision
         current = _champion_model(cfg, space, name, champion_file)
-        if current is not None and result.get("small_test"):
-            # the user allowed the small test set; it may serve where nothing else does,
-            # but it cannot tell whether it beats a champion
-            decision["why"] = f"held-out set of {int(test['n'])} archs is too small to compare with the champion"
-            return decision
+        if result.get("small_test"):
+            # the user allowed a small test set: it may serve where nothing else does, but its
+            # figures (a Spearman over a handful of archs) cannot tell whether it beats a champion
+            if current is not None:
+                decision["why"] = f"held-out set of {int(test['n'])} archs is too small to compare with the champion"
+                return decision
+        else:
+            rho = float(test.get("spearman", float("nan")))
+            if not math.isfinite(rho) or rho < MIN_CHAMPION_SPEARMAN:
+                decision["why"] = f"test Spearman {rho:.3f} < {MIN_CHAMPION_SPEARMAN}"
+                return decision
         if current is not None:
             model, label, _ = current
             champ = _mape(model, result["test_archs"], np.asarray(result["test_ms"], dtype=np.float64))
