@@ -203,7 +203,8 @@ class CalibratedLatency(Metric):
                                                              {"run_id": tracker.run_id or "", "calibration": p.key,
                                                               "floor_mape": f"{floor:.4f}" if floor else "",
                                                               "floor_check": check}))
-                promote(cfg, self.space, name, version, staging, result, "auto", None)
+                promote(cfg, self.space, name, version, staging, result, "auto", None,
+                        use_registry=bool(getattr(tracker, "enabled", False)))
                 sidecar["model"] = f"models:/{name}/{version}"
             atomic_write_text(p.sidecar, json.dumps(sidecar, indent=2, sort_keys=True, default=str))
             staging.replace(p.checkpoint)  # last: a checkpoint there means a finished calibration

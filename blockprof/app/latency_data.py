@@ -210,7 +210,8 @@ class TrainOnFirstUse(Metric):
                 tag_version(cfg, name, version, version_tags(result, self.space.name, device, git_commit(), False,
                                                              {"run_id": tracker.run_id or "",
                                                               "trained_on_demand": "true"}))
-                promote(cfg, self.space, name, version, self.ckpt_path, result, "auto", None)
+                promote(cfg, self.space, name, version, self.ckpt_path, result, "auto", None,
+                        use_registry=bool(getattr(tracker, "enabled", False)))
         info = {"test": result["test"], "data": result["data"],
                 "served_by": f"models:/{name}/{version}" if version else str(self.ckpt_path)}
         return ServedLatency(result["model"], self.ckpt_path, info, threads=int(lat.get("infer_threads", 1)))

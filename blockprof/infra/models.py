@@ -236,11 +236,15 @@ def describe_version(tags: dict) -> str:
 
 
 def tag_version(cfg, name: str, version: str, tags: dict) -> None:
-    """Tags and description of a new model version."""
-    client = _client(store_uri(cfg))
-    for k, v in tags.items():
-        client.set_model_version_tag(name, version, k, v)
-    client.update_model_version(name, version, description=describe_version(tags))
+    """Tags and description of a new model version (a store failure is a warning: the
+    checkpoint and the run are kept either way)."""
+    try:
+        client = _client(store_uri(cfg))
+        for k, v in tags.items():
+            client.set_model_version_tag(name, version, k, v)
+        client.update_model_version(name, version, description=describe_version(tags))
+    except Exception as exc:
+        log.warning("predictors: could not tag %s version %s (%s)", name, version, " ".join(str(exc).split())[:200])
 
 
 def _mape(model, archs, y) -> float:
@@ -249,14 +253,18 @@ def _mape(model, archs, y) -> float:
     return float(np.mean(np.abs(pred - y) / y) * 100)
 
 
-def _champion_model(cfg, space, name: str, champion_file: Path | None):
+def _champion_model(cfg, space, name: str, champion_file: Path | None, use_registry: bool = True):
     """(model, label, version) of the current champion: the registry alias first, else the
     champion file; None when there is none, or it no longer loads for this space."""
     from blockprof.predictors.train import load_checkpoint
-    uri = store_uri(cfg)
+    uri = store_uri(cfg) if use_registry else None
     candidates = []
     if uri is not None:
-        mv = _get_version(_client(uri), name, None, CHAMPION)
+        try:
+            mv = _get_version(_client(uri), name, None, CHAMPION)
+        except Exception as exc:  # the store is unreachable: judge against the file alone
+            log.warning("predictors: cannot read the champion alias from %s (%s)", uri, " ".join(str(exc).split())[:200])
+            mv = None
         if mv is not None:
             candidates.append((lambda mv=mv: _download_checkpoint(
                 uri, name, str(mv.version), _cache_root(cfg)), f"{MODELS_SCHEME}{name}/{mv.version}", str(mv.version)))
@@ -278,7 +286,7 @@ def _cache_root(cfg) -> Path:
 
 
 def promote(cfg, space, name: str, version: str | None, ckpt_path: Path, result: dict, mode: str,
-            champion_file: Path | None) -> dict:
+            champion_file: Path | None, use_registry: bool = True) -> dict:
     """Decide whether a freshly trained predictor becomes the champion, and move the alias
     (and the champion file) if so. `mode`: "auto" (the gate), "force", "never" (sweeps).
 
@@ -292,7 +300,7 @@ def promote(cfg, space, name: str, version: str | None, ckpt_path: Path, result:
         decision["why"] = "sweep trial or task.promote=false: the champion never moves"
         return decision
     if mode == "auto":
-        current = _champion_model(cfg, space, name, champion_file)
+        current = _champion_model(cfg, space, name, champion_file, use_registry)
         if result.get("small_test"):
             # the user allowed a small test set: it may serve where nothing else does, but its
             # figures (a Spearman over a handful of archs) cannot tell whether it beats a champion
@@ -316,9 +324,13 @@ def promote(cfg, space, name: str, version: str | None, ckpt_path: Path, result:
     decision["why"] = decision.get("why") or ("explicit promotion" if mode == "force" else
                                               "no champion yet" if "champion" not in decision else
                                               f"beats the champion's {decision['champion_mape']:.2f} % on the same held-out archs")
-    uri = store_uri(cfg)
+    uri = store_uri(cfg) if use_registry else None
     if version is not None and uri is not None:
-        _client(uri).set_registered_model_alias(name, CHAMPION, version)
+        try:
+            _client(uri).set_registered_model_alias(name, CHAMPION, version)
+        except Exception as exc:
+            log.warning("predictors: could not move %s@%s to version %s (%s)", name, CHAMPION, version,
+                        " ".join(str(exc).split())[:200])
     if champion_file is not None and Path(champion_file).resolve() != Path(ckpt_path).resolve():
         from blockprof.common.fileio import atomic_write
         atomic_write(champion_file, lambda tmp: shutil.copyfile(ckpt_path, tmp), durable=True)

@@ -139,7 +139,8 @@ def run(ctx, tracker):
     if sweep and t.get("promote"):
         log.warning("train_predictor: task.promote=true is ignored in a sweep: trials never move the champion")
     mode = "never" if sweep or t.get("promote") is False else "force" if t.get("promote") else "auto"
-    decision = promote(cfg, ctx.space, name, version, own, result, mode, champion)
+    decision = promote(cfg, ctx.space, name, version, own, result, mode, champion,
+                       use_registry=bool(getattr(tracker, "enabled", False)))
     tracker.set_tags({"model_name": name, "model_version": version or "", "champion": str(decision["promoted"]).lower(),
                       "champion_decision": decision["why"]})
     where = f"{name} version {version}" if version else str(own)
