@@ -65,7 +65,8 @@ class CalibrationPlan:
         self.cfg, self.space, self.lat = cfg, space, lat
         self.key, self.identity = machine_identity(cfg, space)
         folder = resolve_path(lat.get("calib_dir") or "data/calibration", cfg)
-        stem = f"{space.name}_{cfg.device.name}_{self.key}"
+        self.seed = int(lat.calib_seed) if lat.get("calib_seed") is not None else int(cfg.seed)
+        stem = f"{space.name}_{cfg.device.name}_{self.key}" + (f"_s{self.seed}" if lat.get("calib_seed") is not None else "")
         self.csv = folder / f"{stem}.csv"
         self.checkpoint = folder / f"{stem}_gnn.pt"
         self.sidecar = folder / f"{stem}_gnn.json"
@@ -104,12 +105,12 @@ class CalibrationPlan:
         from blockprof.app.tasks.measure import sample_archs
         from blockprof.predictors.selection import choose
         import pandas as pd
-        base_seed = int(np.random.default_rng(int(self.cfg.seed)).integers(2 ** 31))
+        base_seed = int(np.random.default_rng(self.seed).integers(2 ** 31))
         pool = sample_archs(self.space, base_seed, 10 * self.archs)
         test = list(range(self.n_test()))  # the first ids of the seeded sample: random archs
         rest = list(range(self.n_test(), len(pool)))
         picked = [rest[i] for i in choose(self.space, [pool[i] for i in rest], self.archs - len(test),
-                                          seed=int(self.cfg.seed))]
+                                          seed=self.seed)]
         archs = [pool[i] for i in test + picked]
         df = pd.DataFrame({"net_id": range(len(archs)), "arch": [a.text for a in archs],
                            "resolution": [a.resolution for a in archs]})
@@ -121,6 +122,7 @@ class CalibrationPlan:
         """The run's config with a task=measure node that times the calibration set."""
         lat = self.lat
         c = OmegaConf.create(OmegaConf.to_container(self.cfg, resolve=True))
+        c.seed = self.seed  # task=measure samples (and picks its references) from it
         c.task = OmegaConf.create({
             "name": "measure", "num_archs": self.archs, "csv": str(self.csv), "resolution": None,
             "threads": int(lat.get("threads", 1)), "warmup": int(lat.get("calib_warmup", 1)),
@@ -179,7 +181,7 @@ class CalibratedLatency(Metric):
             measure_run(SimpleNamespace(cfg=p.measure_cfg(), space=self.space), tracker)  # resumable
             opts = TrainOptions.from_config(self.plan.lat.get("train"), model="gnn", split=tuple(p.split))
             staging = p.checkpoint.with_name(f".fitting_{p.checkpoint.name}")
-            result = train_from_csv(self.space, p.csv, device, opts, int(cfg.seed), staging, tracker, run_dir,
+            result = train_from_csv(self.space, p.csv, device, opts, p.seed, staging, tracker, run_dir,
                                     min_test_archs=None if p.lat.get("allow_small_test", False) else p.min_test,
                                     small_test_flag="device.latency.allow_small_test", test_ids=test_ids)
             meta = json.loads(meta_path(p.csv).read_text())
@@ -192,7 +194,7 @@ class CalibratedLatency(Metric):
                             "(delete %s)", test["mape"], floor, p.checkpoint)
             tracker.log_metrics({"calib_test_mape": test["mape"], **({"calib_floor_mape": floor} if floor else {})})
             sidecar = {"format": "blockprof.calibration", "key": p.key, "select": p.select, "identity": p.identity,
-                       "csv": str(p.csv), "reference": meta.get("reference"), "seed": int(cfg.seed),
+                       "csv": str(p.csv), "reference": meta.get("reference"), "seed": p.seed,
                        "test_mape": test["mape"], "test_spearman": test["spearman"], "test_n": test["n"],
                        "floor_mape": floor, "floor_check": check}
             name = f"{registered_model_name(self.space.name, device)}-{p.key}"

@@ -68,6 +68,7 @@ class MeasuredLatencyConfig(PredictorLatencyConfig):
     source: str = "${oc.env:BLOCKPROF_MEASURED_SOURCE,calibrated}"
     calib_archs: int = 250         # archs timed once per (space, device, machine)
     calib_split: List[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # train / dev / held-out test
+    calib_seed: Optional[int] = None  # the calibration's own seed (None: the run's); another seed, another calibration
     calib_select: str = "random"   # random | coverage (held-out archs stay random; the rest cover the space)
     calib_rounds: int = 6          # timed rounds per calibration arch
     calib_warmup: int = 1
