@@ -74,8 +74,8 @@ class MeasuredLatencyConfig(PredictorLatencyConfig):
     calib_warmup: int = 1
     calib_retest: int = 25         # archs timed twice: the test-retest floor
     calib_dir: str = "${paths.data_dir}/calibration"
-    retime_rounds: int = 2         # each run re-times the reference subnets this briefly (0: never)
-    rescale_threshold: float = 0.1  # rescale predictions only when the machine's speed moved more than this
+    retime_rounds: int = 5         # each run re-times the reference subnets (3x this many runs each; 0: never)
+    rescale_threshold: float = 0.15  # rescale only when every reference moved the same way, the median by more
     verify_front: int = 30         # task=search: time up to this many final-front archs directly (0: off)
     hw: str = "cpu"            # cpu | cuda
     engine: str = "torch"      # the inference engine that runs the subnet
