@@ -159,12 +159,14 @@ def _get_version(client, name: str, version: str | None, alias: str | None):
         return None
 
 
-def _download_checkpoint(uri: str, name: str, version: str, cache_root: Path) -> Path:
-    """The checkpoint file of a model version, downloaded once (versions never change)."""
+def _download_checkpoint(uri: str, name: str, mv, cache_root: Path) -> Path:
+    """The checkpoint file of a model version, downloaded once (a version never changes; the
+    folder also names its creation time, so a store started afresh never reads a stale copy)."""
     import mlflow.artifacts
-    dest = cache_root / name / str(version)
+    version = str(mv.version)
+    dest = cache_root / name / f"{version}-{mv.creation_timestamp}"
     if not dest.is_dir():
-        staging = dest.with_name(f".{version}.download")
+        staging = dest.with_name(f".{dest.name}.download")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
@@ -195,7 +197,7 @@ def fetch_checkpoint(cfg, model_uri: str, where: str = "device.latency.checkpoin
     if mv is None:
         known = _versions_text(client, name)
         raise UserError(f"{where}={model_uri}: no such model version in {uri} ({known})")
-    path = _download_checkpoint(uri, name, str(mv.version), resolve_output_root(cfg) / "cache" / "models")
+    path = _download_checkpoint(uri, name, mv, resolve_output_root(cfg) / "cache" / "models")
     info = {"uri": model_uri, "name": name, "version": str(mv.version), "alias": alias or "",
             "run_id": mv.run_id or "", **{f"tag.{k}": v for k, v in (mv.tags or {}).items()}}
     return path, info
@@ -266,8 +268,8 @@ def _champion_model(cfg, space, name: str, champion_file: Path | None, use_regis
             log.warning("predictors: cannot read the champion alias from %s (%s)", uri, " ".join(str(exc).split())[:200])
             mv = None
         if mv is not None:
-            candidates.append((lambda mv=mv: _download_checkpoint(
-                uri, name, str(mv.version), _cache_root(cfg)), f"{MODELS_SCHEME}{name}/{mv.version}", str(mv.version)))
+            candidates.append((lambda mv=mv: _download_checkpoint(uri, name, mv, _cache_root(cfg)),
+                               f"{MODELS_SCHEME}{name}/{mv.version}", str(mv.version)))
     if champion_file is not None and Path(champion_file).is_file():
         candidates.append((lambda: Path(champion_file), str(champion_file), None))
     for get, label, version in candidates[:1] or []:
