@@ -55,6 +55,12 @@ def test_small_csv_is_refused_in_one_line_unless_asked(cfg_factory, tmp_path, sy
     msg = str(exc.value)
     assert "\n" not in msg and "has 6 archs" in msg and "1 < 50" in msg and "task.allow_small_test=true" in msg
     assert not (tmp_path / "run").exists() and not (tmp_path / "predictors").exists()
+    # ...and so is a predictor device's CSV that would be trained on first use
+    _csv(tmp_path / "ofa_mbv3_npu_lat_data.csv", archs[:6], y[:6])
+    with pytest.raises(UserError, match=r"has 6 archs.*device\.latency\.allow_small_test=true"):
+        execute(cfg_factory("task=evaluate", "device=npu", f"paths.data_dir={tmp_path}", "task.num_archs=3",
+                            "tracking=local"), run_dir=tmp_path / "ev")
+    assert not (tmp_path / "ev").exists() and not (tmp_path / "predictors").exists()
     # asked for: it trains (and, with no champion to compare against, serves)...
     out = execute(cfg_factory(*over, "task.allow_small_test=true"), run_dir=tmp_path / "run2")
     assert out["test"]["n"] == 1 and out["champion"]["promoted"]
