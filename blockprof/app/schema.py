@@ -201,7 +201,7 @@ class TrainPredictorTaskConfig(TaskConfig):
     log_model: bool = True             # register the run's checkpoint as a new MLflow model version
     promote: Optional[bool] = None     # champion alias: None = only if it beats the champion, true = make it, false = never
     min_test_archs: int = 50           # a CSV whose test split is smaller is refused ...
-    allow_small_test: bool = False     # ... unless this is set (then never champion on its own)
+    allow_small_test: bool = False     # ... unless this is set (then champion only where there is none)
     init_from: Optional[str] = None    # fine-tune from another device's checkpoint or models:/ URI (few-shot)
     train_archs: Optional[int] = None  # use only this many (seeded) training archs
     device_filter: Optional[str] = None  # train only on the CSV rows of this device (mixed or other-device CSVs)
