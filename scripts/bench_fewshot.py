@@ -15,10 +15,15 @@ Per seed: a test set (20 % of the archs) is held out; the rest is the pool.
 * scale-k: the source engine's full-pool GNN, only rescaled to the k archs (no training).
 * transfer-k: the source engine's full-pool GNN fine-tuned on the same k archs
   (`task.init_from` in task=train_predictor does the same).
+Each k-arch set is picked two ways (`--select`): `random` (a seeded sample of the pool) and
+`chosen` (blockprof.predictors.selection: greedy k-centre over the pool in a per-slot MACs
+embedding, plus the source predictor's estimate as one coordinate so the set also spans
+the predicted latency range); scratch and transfer are trained on both.
 The source model never sees the target's test archs on any engine (it is trained on the
 pool). Reported: test MAPE, Spearman, share within +-10 %, medians over the seeds, and
 MAPE ratios to the full-data model and to the engine's test-retest MAPE (the floor).
-Targets: full-data GNN MAPE <= 1.25x the floor; transfer-100 MAPE <= 1.2x full-data.
+Targets: full-data GNN MAPE <= 1.25x the floor; transfer-100 MAPE <= 1.2x full-data
+(random archs) and <= 1.1x (chosen archs).
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from blockprof.core.latency_csv import read_latency_csv  # noqa: E402
 from blockprof.core.registry import build_space  # noqa: E402
 from blockprof.predictors.features import OpGraphFeaturizer  # noqa: E402
 from blockprof.predictors.report import fidelity  # noqa: E402
+from blockprof.predictors.selection import choose  # noqa: E402
 from blockprof.predictors.train import TrainOptions, fit_model  # noqa: E402
 
 logger = logging.getLogger("bench_fewshot")
@@ -83,6 +89,8 @@ def main():
     ap.add_argument("--ft-lr", type=float, default=2e-3, help="learning rate when fine-tuning (default: "
                     "the from-scratch rate)")
     ap.add_argument("--out", type=Path, default=ROOT / "scripts" / "results" / "bench_fewshot")
+    ap.add_argument("--select", nargs="+", default=["random", "chosen"], choices=["random", "chosen"],
+                    help="how the k archs are picked from the pool")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
@@ -114,16 +122,22 @@ def main():
                                    seed=seed, featurizer=feat)
             f = fidelity(y[e][test], full[e].predict(pick(test)))
             rows.append({"target": e, "source": "-", "k": len(full_tr) + len(full_dev), "method": "full",
-                         "seed": seed, **f, "seconds": time.time() - t0})
+                         "select": "-", "seed": seed, **f, "seconds": time.time() - t0})
             logger.info("seed %d %s full: MAPE %.2f (floor %.2f)", seed, e, f["mape"], floors[e])
         for tgt in args.targets:
             src = SOURCE[tgt]
-            for k in args.ks:
-                sub = np.random.default_rng([seed, 22, k]).choice(pool, size=k, replace=False)
+            pool_pred = full[src].predict(pick(pool))  # what the transferred predictor expects, pool-wide
+            for k, sel in ((k, sel) for k in args.ks for sel in args.select):
+                if sel == "random":
+                    sub = np.random.default_rng([seed, 22, k]).choice(pool, size=k, replace=False)
+                else:  # chosen: the dev part is a seeded shuffle of the chosen set
+                    sub = np.random.default_rng([seed, 23, k]).permutation(
+                        pool[choose(space, pick(pool), k, seed=seed, predicted_ms=pool_pred)])
                 k_dev = max(2, int(round(0.2 * k)))
                 tr, dv = np.sort(sub[k_dev:]), np.sort(sub[:k_dev])
                 train, dev = (pick(tr), y[tgt][tr]), (pick(dv), y[tgt][dv])
-                for method in ("scratch", "scale", "transfer"):
+                methods = ("scratch", "scale", "transfer") if sel == "random" else ("scratch", "transfer")
+                for method in methods:
                     t0 = time.time()
                     if method == "scratch":
                         m, _ = fit_model(space, opts, train, dev, seed=seed, featurizer=feat)
@@ -133,36 +147,44 @@ def main():
                         m, _ = fit_model(space, ft, train, dev, seed=seed, featurizer=feat, init=full[src])
                     f = fidelity(y[tgt][test], m.predict(pick(test)))
                     rows.append({"target": tgt, "source": src if method != "scratch" else "-", "k": k,
-                                 "method": method, "seed": seed, **f, "seconds": time.time() - t0})
-                logger.info("seed %d %s k=%d: scratch %.2f, scale %.2f, transfer %.2f", seed, tgt, k,
-                            *[r["mape"] for r in rows[-3:]])
+                                 "method": method, "select": sel, "seed": seed, **f, "seconds": time.time() - t0})
+                logger.info("seed %d %s k=%d %s: %s", seed, tgt, k, sel,
+                            ", ".join(f"{m} {r['mape']:.2f}" for m, r in zip(methods, rows[-len(methods):])))
     df = pd.DataFrame(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out.with_suffix(".csv"), index=False, float_format="%.4f")
 
-    med = df.groupby(["target", "method", "k", "source"], sort=False).agg(
+    med = df.groupby(["target", "method", "select", "k", "source"], sort=False).agg(
         mape=("mape", "median"), spearman=("spearman", "median"), within10=("within10", "median"),
         mape_min=("mape", "min"), mape_max=("mape", "max"), seconds=("seconds", "median")).reset_index()
-    lines = ["| target | method | source | k archs | MAPE % (min-max) | Spearman | within +-10 % | "
-             "MAPE / full | MAPE / floor |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| target | method | archs | source | k archs | MAPE % (min-max) | Spearman | within +-10 % | "
+             "MAPE / full | MAPE / floor |", "|---|---|---|---|---|---|---|---|---|---|"]
     verdict = []
     for tgt in args.targets:
         part = med[med["target"] == tgt]
         full_mape = float(part[part["method"] == "full"]["mape"].iloc[0])
-        order = [("full", None)] + [(m, k) for k in args.ks for m in ("scratch", "scale", "transfer")]
-        for m, k in order:
-            r = part[(part["method"] == m) & ((part["k"] == k) if k is not None else True)].iloc[0]
-            lines.append(f"| {tgt} | {m} | {r.source} | {int(r.k)} | {r.mape:.2f} ({r.mape_min:.2f}-{r.mape_max:.2f}) | "
+        order = [("full", None, "-")] + [(m, k, sel) for k in args.ks for sel in args.select
+                                          for m in (("scratch", "scale", "transfer") if sel == "random"
+                                                    else ("scratch", "transfer"))]
+        for m, k, sel in order:
+            r = part[(part["method"] == m) & (part["select"] == sel)
+                     & ((part["k"] == k) if k is not None else True)].iloc[0]
+            lines.append(f"| {tgt} | {m} | {sel} | {r.source} | {int(r.k)} | {r.mape:.2f} ({r.mape_min:.2f}-{r.mape_max:.2f}) | "
                          f"{r.spearman:.3f} | {r.within10:.1f} | {r.mape / full_mape:.2f}x | "
                          f"{r.mape / floors[tgt]:.2f}x |")
-        t100 = part[(part["method"] == "transfer") & (part["k"] == 100)]
+        t100 = part[(part["method"] == "transfer") & (part["k"] == 100) & (part["select"] == "random")]
+        c100 = part[(part["method"] == "transfer") & (part["k"] == 100) & (part["select"] == "chosen")]
         verdict.append(f"{tgt}: test-retest floor {floors[tgt]:.2f} % MAPE; full-data GNN {full_mape:.2f} % = "
                        f"{full_mape / floors[tgt]:.2f}x floor (target <= 1.25x: "
                        f"{'met' if full_mape <= 1.25 * floors[tgt] else 'missed'})"
                        + (f"; transfer k=100 {float(t100['mape'].iloc[0]):.2f} % = "
                           f"{float(t100['mape'].iloc[0]) / full_mape:.2f}x full (target <= 1.2x: "
                           f"{'met' if float(t100['mape'].iloc[0]) <= 1.2 * full_mape else 'missed'})"
-                          if len(t100) else ""))
+                          if len(t100) else "")
+                       + (f"; transfer k=100 chosen {float(c100['mape'].iloc[0]):.2f} % = "
+                          f"{float(c100['mape'].iloc[0]) / full_mape:.2f}x full (target <= 1.1x: "
+                          f"{'met' if float(c100['mape'].iloc[0]) <= 1.1 * full_mape else 'missed'})"
+                          if len(c100) else ""))
     text = ("\n".join(lines) + "\n\n" + "\n".join(f"- {v}" for v in verdict) +
             f"\n\n{n} archs per engine, test set {n // 5}, seeds {args.seeds}, medians over seeds; "
             f"fine-tune lr {args.ft_lr}; {time.time() - t_start:.0f} s\n")

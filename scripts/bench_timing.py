@@ -58,7 +58,7 @@ def pick_slots(space, k: int, seed: int) -> list[list[int]]:
 def profile_pass(specs, n: int, device: str, seed: int, out: Path) -> pd.DataFrame:
     """One measured profile through the app; its samples.csv."""
     cmd = [sys.executable, str(REPO / "run.py"), "task=profile", "space=mbv3", f"device={device}",
-           "metric.names=[latency]", f"task.num_archs={n}", "task.all=false", f"task.blocks={json.dumps(specs)}",
+           "device.latency.source=measured", "metric.names=[latency]", f"task.num_archs={n}", "task.all=false", f"task.blocks={json.dumps(specs)}",
            f"seed={seed}", "tracking=none", f"paths.output_root={out}", f"hydra.run.dir={out / 'run'}"]
     t0 = time.time()
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)

@@ -166,6 +166,7 @@ def kit(tmp_path_factory):
     for dev in ("npu", "gpu"):
         r = cli(["task=train_predictor", "space=mbv3", f"device={dev}", f"task.csv={d / (dev + '.csv')}",
                  "task.model=linear", f"task.checkpoint={d / (dev + '_linear.pt')}", "tracking=none",
+                 "task.allow_small_test=true",
                  f"paths.output_root={d / 'out'}"], d, env)
         assert r.rc == 0, r.err[-3000:]
     r = cli([*SEARCH, "tracking=none", f"paths.output_root={d / 'out'}", f"hydra.run.dir={d / 'search_run'}"],
@@ -253,7 +254,7 @@ def _row(i: int, col: int, value: str):
 
 
 TRAIN = ["task=train_predictor", "space=mbv3", "device=npu", "task.csv={file}", "task.model=linear",
-         "task.checkpoint=ckpt/out.pt"]
+         "task.allow_small_test=true", "task.checkpoint=ckpt/out.pt"]
 EVAL_NPU = ["task=evaluate", "task.num_archs=2", "device=npu", "device.latency.checkpoint={file}",
             "device.latency.model=linear"]
 

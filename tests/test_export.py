@@ -99,7 +99,8 @@ def test_front_exported_timed_and_trained_end_to_end(tmp_path):
     ckpt = tmp_path / "myphone_gnn.pt"
     out = execute(_compose_phone(["task=train_predictor", f"task.csv={filled}", f"task.checkpoint={ckpt}",
                                   "task.model=gnn", "task.max_epochs=15", "task.patience=15", "task.hidden=8",
-                                  "task.split=[0.6,0.2,0.2]", "task.log_model=false"], tmp_path),
+                                  "task.split=[0.6,0.2,0.2]", "task.log_model=false",
+                                  "task.allow_small_test=true"], tmp_path),
                   run_dir=tmp_path / "run_train")
     assert ckpt.is_file() and np.isfinite(out["test"]["mape"])
     model, meta = load_checkpoint(ckpt, space)
@@ -110,7 +111,7 @@ def test_front_exported_timed_and_trained_end_to_end(tmp_path):
     # ...and, as the device's default CSV, serves `device=myphone` (trained there on first use)
     from blockprof.app.metric_factory import build_metrics
     cfg = _compose_phone(["task=evaluate", f"paths.data_dir={tmp_path / 'data'}",
-                          "+device.latency.train.max_epochs=3"], tmp_path)
+                          "+device.latency.train.max_epochs=3", "device.latency.allow_small_test=true"], tmp_path)
     lat = build_metrics(cfg, space)["latency"]
     lat.bind_run_dir(tmp_path / "run_first_use")
     assert (lat.evaluate([r.arch for r in recs[:3]]) > 0).all()

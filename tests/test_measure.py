@@ -143,7 +143,8 @@ def test_engine_device_measures_and_feeds_a_few_shot_predictor(cfg_factory, tmp_
 
     # a predictor for this engine, then one fine-tuned from it on 3 archs
     train = ["task=train_predictor", "space=mbv3", "device=ort_cpu", "space.resolutions=[160]", f"task.csv={csv}",
-             "task.max_epochs=3", "task.log_model=false", "tracking=none", "task.split=[0.5,0.25,0.25]"]
+             "task.max_epochs=3", "task.log_model=false", "tracking=none", "task.split=[0.5,0.25,0.25]",
+             "task.allow_small_test=true"]
     src = tmp_path / "src.pt"
     execute(cfg_factory(*train, f"task.checkpoint={src}"), run_dir=tmp_path / "t1")
     out = execute(cfg_factory(*train, f"task.checkpoint={tmp_path / 'ft.pt'}", f"task.init_from={src}",

@@ -136,10 +136,12 @@ def test_train_predictor_task_checkpoint_round_trip(cfg_factory, tmp_path, space
     data = tmp_path / "data"
     write_csv(data / "ofa_mbv3_npu_lat_data.csv", archs, y)
     cfg = cfg_factory("task=train_predictor", "device=npu", f"paths.data_dir={data}", "tracking=local",
-                      "task.max_epochs=40", "task.patience=40")
+                      "task.max_epochs=40", "task.patience=40", "task.min_test_archs=30")
     out = execute(cfg, run_dir=tmp_path / "run")
-    ckpt_path = data / "predictors" / "mbv3_npu_gnn.pt"
-    assert out["checkpoint"] == ckpt_path and ckpt_path.is_file()
+    # the run keeps its own checkpoint; the first one is also the champion at the device's default path
+    ckpt_path = tmp_path / "run" / "checkpoint" / "mbv3_npu_gnn.pt"
+    assert out["checkpoint"] == ckpt_path and ckpt_path.is_file() and out["champion"]["promoted"]
+    assert (data / "predictors" / "mbv3_npu_gnn.pt").read_bytes() == ckpt_path.read_bytes()
     for name in ("test_report.csv", "predictions.csv", "test_scatter.png"):
         assert (tmp_path / "run" / name).stat().st_size > 0
     const = np.mean(np.abs(y.mean() - y) / y) * 100
@@ -180,7 +182,7 @@ def test_predictor_device_trains_on_demand_then_loads(cfg_factory, tmp_path, spa
     data = tmp_path / "data"
     write_csv(data / "ofa_mbv3_npu_lat_data.csv", archs, y)
     over = ["task=evaluate", "device=npu", f"paths.data_dir={data}", "task.num_archs=50",
-            "+device.latency.train.max_epochs=30", "+device.latency.train.patience=30"]
+            "+device.latency.train.max_epochs=30", "+device.latency.train.patience=30", "device.latency.min_test_archs=30"]
     df = execute(cfg_factory(*over, "tracking=local"), run_dir=tmp_path / "run")
     ckpt = data / "predictors" / "mbv3_npu_gnn.pt"
     assert ckpt.is_file() and (df["latency"] > 0).all()

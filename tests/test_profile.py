@@ -141,7 +141,8 @@ def test_resume_skips_finished_chunks(cfg_factory, tmp_path, monkeypatch):
         return real(self, archs)
 
     monkeypatch.setattr(MeasuredLatency, "evaluate", counting)
-    overrides = ["device=local_cpu", "metric.names=[latency]", "metric.skip_unavailable=false",
+    overrides = ["device=local_cpu", "device.latency.source=measured", "metric.names=[latency]",
+                 "metric.skip_unavailable=false",
                  "space.resolutions=[160]", "device.latency.warmup=0", "device.latency.repeats=1",
                  "device.latency.chunk_size=1", "device.latency.references=0",  # one slot group per chunk
                  "task.all=false", "task.blocks=[[0,0,3,3],[4,3,7,6]]", "task.num_archs=2"]

@@ -63,7 +63,8 @@ def test_stand_in_folder_is_fetched_checked_and_trained_on(tmp_path, monkeypatch
     monkeypatch.setenv(SEED_DATA_ENV, str(standin))
     data = tmp_path / "data"
     cfg = compose(["task=evaluate", "task.num_archs=6", "space=mbv3", "device=npu", f"paths.data_dir={data}",
-                   "+device.latency.train.max_epochs=4", "+device.latency.train.hidden=8", "tracking=none"],
+                   "+device.latency.train.max_epochs=4", "+device.latency.train.hidden=8", "tracking=none",
+                   "device.latency.allow_small_test=true"],
                   tmp_path / "o")
     df = execute(cfg, run_dir=tmp_path / "run")
     fetched = data / "ofa_mbv3_npu_lat_data.csv"
@@ -87,7 +88,8 @@ def test_train_predictor_fetches_too(tmp_path, monkeypatch):
     monkeypatch.setenv(SEED_DATA_ENV, str(standin))
     data = tmp_path / "data"
     out = execute(compose(["task=train_predictor", "space=mbv3", "device=gpu", f"paths.data_dir={data}",
-                           "task.model=additive", "task.log_model=false", "tracking=none"], tmp_path / "o"),
+                           "task.model=additive", "task.log_model=false", "tracking=none",
+                           "task.allow_small_test=true"], tmp_path / "o"),
                   run_dir=tmp_path / "run")
     assert (data / "ofa_mbv3_gpu_lat_data.csv").is_file() and (data / "predictors" / "mbv3_gpu_additive.pt").is_file()
     assert np.isfinite(out["test"]["mape"])

@@ -18,11 +18,13 @@ import shutil
 from pathlib import Path
 
 from blockprof.common.errors import UserError
+from blockprof.common.fileio import sha256_file
 from blockprof.core.latency_csv import read_latency_csv
 from blockprof.core.space import DesignSpace
 from blockprof.infra.tracking import resolve_path
 from blockprof.metrics.base import Metric
 from blockprof.predictors.latency import SEED_DATA_URL, PredictedLatency, load_predicted_latency
+from blockprof.predictors.train import MIN_TEST_ARCHS
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,27 @@ def ensure_latency_csv(cfg, space: DesignSpace, csv_path: Path) -> Path:
     raise UserError(missing_data_message(cfg, space, csv_path))
 
 
+class ServedLatency(PredictedLatency):
+    """A predictor device's metric that, at its first scoring (inside the task's MLflow run,
+    which opens after metrics are built), tags the run with the predictor serving it."""
+
+    _announced = False
+
+    @classmethod
+    def of(cls, metric: PredictedLatency) -> "ServedLatency":
+        return cls(metric.model, metric.checkpoint, metric.info, threads=metric.threads)
+
+    def evaluate(self, archs):
+        if not self._announced:
+            self._announced = True
+            from blockprof.infra.models import note_serving
+            test = self.info.get("test") or {}
+            note_serving({"latency.served_by": self.info.get("served_by") or str(self.checkpoint),
+                          "latency.held_out_mape": f"{test['mape']:.4f}" if "mape" in test else "",
+                          "latency.held_out_n": int(test["n"]) if "n" in test else ""})
+        return super().evaluate(archs)
+
+
 class TrainOnFirstUse(Metric):
     """Stands in until the first `evaluate`, then trains (so the training run nests
     under the task's MLflow run, which opens after metrics are built)."""
@@ -166,20 +189,32 @@ class TrainOnFirstUse(Metric):
         return self._metric.evaluate(archs)
 
     def _train(self) -> PredictedLatency:
-        from blockprof.infra.models import log_mlflow_model, log_training_data
-        from blockprof.infra.tracking import track_run
+        from blockprof.infra.models import log_mlflow_model, log_training_data, promote, registered_model_name, \
+            tag_version, version_tags
+        from blockprof.infra.tracking import git_commit, track_run
         from blockprof.predictors.train import TrainOptions, train_from_csv
         cfg, lat = self.cfg, self.cfg.device.latency
         opts = TrainOptions.from_config(lat.get("train"), model=str(lat.get("model", "gnn")))
         run_dir = (self._run_dir or _fallback_run_dir(cfg)) / "train_predictor"
+        device = str(cfg.device.name)
         log.info("latency: no predictor at %s; training a %s on %s first", self.ckpt_path, opts.model, self.csv_path)
         with track_run(cfg, run_dir, "train_predictor", tags={"trained_on_demand": "true"}, nested=True) as tracker:
-            log_training_data(tracker, self.csv_path, str(cfg.device.name))
-            result = train_from_csv(self.space, self.csv_path, str(cfg.device.name), opts, int(cfg.seed),
+            log_training_data(tracker, self.csv_path, device)
+            # nothing is at ckpt_path (else it would have been loaded): writing it overwrites nothing
+            result = train_from_csv(self.space, self.csv_path, device, opts, int(cfg.seed),
                                     self.ckpt_path, tracker, run_dir)
-            log_mlflow_model(tracker, self.ckpt_path, str(cfg.device.name))
-        return PredictedLatency(result["model"], self.ckpt_path, {"test": result["test"]},
-                                threads=int(lat.get("infer_threads", 1)))
+            result["small_test"] = result["test"]["n"] < int(lat.get("min_test_archs", MIN_TEST_ARCHS))
+            name = registered_model_name(self.space.name, device)
+            version = log_mlflow_model(tracker, self.ckpt_path, device)
+            if version is not None:
+                tag_version(cfg, name, version, version_tags(result, self.space.name, device, git_commit(), False,
+                                                             {"run_id": tracker.run_id or "",
+                                                              "trained_on_demand": "true"}))
+                promote(cfg, self.space, name, version, self.ckpt_path, result, "auto", None,
+                        use_registry=bool(getattr(tracker, "enabled", False)))
+        info = {"test": result["test"], "data": result["data"],
+                "served_by": f"models:/{name}/{version}" if version else str(self.ckpt_path)}
+        return ServedLatency(result["model"], self.ckpt_path, info, threads=int(lat.get("infer_threads", 1)))
 
     def __repr__(self) -> str:
         return f"PredictedLatency(untrained, from {self.csv_path})"
@@ -193,16 +228,37 @@ def _fallback_run_dir(cfg) -> Path:
 def predictor_latency_metric(cfg, space: DesignSpace) -> Metric:
     """The `latency` metric of a predictor device (see the module docstring)."""
     lat = cfg.device.latency
-    ckpt_path = resolve_path(lat.checkpoint, cfg)
     kind = str(lat.get("model", "gnn"))
+    from blockprof.infra.models import fetch_checkpoint, is_model_uri
+    if is_model_uri(lat.checkpoint):  # a registered version or alias: resolved and downloaded once
+        path, info = fetch_checkpoint(cfg, str(lat.checkpoint))
+        metric = load_predicted_latency(path, space, kind, threads=int(lat.get("infer_threads", 1)),
+                                        device=str(cfg.device.name))
+        metric.info.update(registry=info, served_by=f"models:/{info['name']}/{info['version']}")
+        log.info("latency: served by %s (version %s%s)", lat.checkpoint, info["version"],
+                 f", held-out MAPE {float(info['tag.test_mape']):.2f} %" if info.get("tag.test_mape") else "")
+        return ServedLatency.of(metric)
+    ckpt_path = resolve_path(lat.checkpoint, cfg)
     if ckpt_path.is_file():
-        return load_predicted_latency(ckpt_path, space, kind, threads=int(lat.get("infer_threads", 1)),
-                                      device=str(cfg.device.name))
+        metric = load_predicted_latency(ckpt_path, space, kind, threads=int(lat.get("infer_threads", 1)),
+                                        device=str(cfg.device.name))
+        sha = sha256_file(ckpt_path)
+        metric.info["served_by"] = f"{ckpt_path} (sha256 {sha[:12]})"
+        test = metric.info.get("test") or {}
+        log.info("latency: served by %s%s", metric.info["served_by"],
+                 f" (held-out MAPE {test['mape']:.2f} % on {int(test.get('n', 0))} archs)" if "mape" in test else "")
+        return ServedLatency.of(metric)
     csv_path = resolve_path(lat.csv, cfg)
     if csv_path.is_file():
         read_latency_csv(csv_path, space, device=str(cfg.device.name))  # a malformed CSV fails now, before any run opens
     else:
         ensure_latency_csv(cfg, space, csv_path)  # fetched files are checked on the way in
-    from blockprof.predictors.train import TrainOptions
-    TrainOptions.from_config(lat.get("train"), model=kind)  # and so do bad training options
+    from blockprof.predictors.train import TrainOptions, check_test_size, split_indices
+    opts = TrainOptions.from_config(lat.get("train"), model=kind)  # and so do bad training options
+    if not lat.get("allow_small_test", False):  # a predictor tested on a handful of archs is never served
+        import numpy as np
+        n = len(read_latency_csv(csv_path, space, device=str(cfg.device.name)))
+        _, _, te = split_indices(n, np.random.default_rng(int(cfg.seed)), opts.split)
+        check_test_size(n, len(te), str(csv_path), "device.latency.allow_small_test",
+                        int(lat.get("min_test_archs", MIN_TEST_ARCHS)))
     return TrainOnFirstUse(cfg, space, csv_path, ckpt_path)

@@ -134,6 +134,11 @@ def measured_latency(cfg, space):
                                        seed=int(cfg.seed))
 
 
+def calibrated_latency(cfg, space):
+    from blockprof.app.calibration import calibrated_latency_metric  # timed and fitted on first use
+    return calibrated_latency_metric(cfg, space)
+
+
 def predictor_latency(cfg, space):
     from blockprof.app.latency_data import predictor_latency_metric  # torch models, trained on demand
     return predictor_latency_metric(cfg, space)
@@ -142,7 +147,7 @@ def predictor_latency(cfg, space):
 # `metric.accuracy._target_` / `device.latency._target_` name one of the builders above
 # (`<source>_accuracy`, `<source>_latency`): the sources a user can choose
 ACCURACY_SOURCES = ("predictor", "supernet")
-LATENCY_SOURCES = ("lut", "measured", "predictor")
+LATENCY_SOURCES = ("lut", "measured", "predictor", "calibrated")
 
 
 def build_metrics(cfg, space: DesignSpace) -> dict[str, Metric]:

@@ -66,13 +66,29 @@ class PredictorLatencyConfig(LatencyConfig):
     checkpoint: str = "${paths.data_dir}/predictors/${space.name}_${device.name}_${device.latency.model}.pt"
     model: str = "gnn"
     train: Dict[str, Any] = field(default_factory=dict)  # on-demand training options (TrainOptions fields)
+    min_test_archs: int = 50           # on-demand training refuses a CSV whose test split is smaller ...
+    allow_small_test: bool = False     # ... unless this is set
 
 
 @dataclass
 class MeasuredLatencyConfig(PredictorLatencyConfig):
-    """The real subnet timed on this machine; `source: predictor` switches to a predictor
-    trained on this machine's `task=measure` CSV."""
-    source: str = "measured"
+    """A device blockprof times itself. `source: calibrated` (default): a GNN fitted once per
+    (space, device, machine) on a measured calibration set (blockprof/app/calibration.py);
+    `measured`: every arch timed directly; `predictor`: a GNN trained on a task=measure CSV."""
+    # calibrated unless $BLOCKPROF_MEASURED_SOURCE names another default for this machine
+    # (e.g. `measured` on a CI runner that must not spend minutes calibrating)
+    source: str = "${oc.env:BLOCKPROF_MEASURED_SOURCE,calibrated}"
+    calib_archs: int = 250         # archs timed once per (space, device, machine)
+    calib_split: List[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])  # train / dev / held-out test
+    calib_seed: Optional[int] = None  # the calibration's own seed (None: the run's); another seed, another calibration
+    calib_select: str = "random"   # random | coverage (held-out archs stay random; the rest cover the space)
+    calib_rounds: int = 6          # timed rounds per calibration arch
+    calib_warmup: int = 1
+    calib_retest: int = 25         # archs timed twice: the test-retest floor
+    calib_dir: str = "${paths.data_dir}/calibration"
+    retime_rounds: int = 5         # each run re-times the reference subnets (3x this many runs each; 0: never)
+    rescale_threshold: float = 0.15  # rescale only when every reference moved the same way, the median by more
+    verify_front: int = 30         # task=search: time up to this many final-front archs directly (0: off)
     hw: str = "cpu"            # cpu | cuda
     engine: str = "torch"      # the inference engine that runs the subnet
     threads: int = 1
@@ -229,13 +245,16 @@ class TrainPredictorTaskConfig(TaskConfig):
     batch_size: int = 64
     lr: float = 0.002
     weight_decay: float = 1e-5
-    hidden: int = 32
-    layers: int = 1
+    hidden: Optional[int] = None       # None: 32, or init_from's
+    layers: Optional[int] = None       # None: 1, or init_from's
     ridge: List[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
     loss: str = "rel_l1"
     threads: int = 1
-    log_model: bool = True
-    init_from: Optional[str] = None    # fine-tune from another device's checkpoint (few-shot)
+    log_model: bool = True             # register the run's checkpoint as a new MLflow model version
+    promote: Optional[bool] = None     # champion alias: None = only if it beats the champion, true = make it, false = never
+    min_test_archs: int = 50           # a CSV whose test split is smaller is refused ...
+    allow_small_test: bool = False     # ... unless this is set (then champion only where there is none)
+    init_from: Optional[str] = None    # fine-tune from another device's checkpoint or models:/ URI (few-shot)
     train_archs: Optional[int] = None  # use only this many (seeded) training archs
     device_filter: Optional[str] = None  # train only on the CSV rows of this device (mixed or other-device CSVs)
 

@@ -95,6 +95,31 @@ def split_indices(n: int, rng: np.random.Generator, fractions=(0.8, 0.1, 0.1)) -
     return np.sort(perm[:n_train]), np.sort(perm[n_train:n_train + n_dev]), np.sort(perm[n_train + n_dev:])
 
 
+# A held-out set smaller than this cannot say whether one predictor beats another: with 30
+# test archs and a 5 % MAPE the standard error of the MAPE is already ~0.7 points, the
+# size of the gaps between competing models. 50 matches the committed 500-arch datasets'
+# default 10 % test split.
+MIN_TEST_ARCHS = 50
+
+
+def check_test_size(n_rows: int, n_test: int, what: str, flag: str, min_test: int = MIN_TEST_ARCHS) -> None:
+    """One-line refusal of a dataset whose test split is too small to test honestly."""
+    if n_test < min_test:
+        raise UserError(f"{what} has {n_rows} archs: its test split would hold {n_test} < {min_test} archs, "
+                        f"too few to test a predictor honestly; measure more (task=measure task.num_archs="
+                        f"{int(math.ceil(min_test * n_rows / max(n_test, 1)))} or more) or set {flag}=true")
+
+
+def held_out_id(net_ids, texts, resolutions) -> str:
+    """A short fingerprint of a test set: two predictors with the same one were tested on
+    the same archs, so their test figures compare directly."""
+    import hashlib
+    h = hashlib.sha256()
+    for i, t, r in sorted(zip(map(int, net_ids), texts, map(int, resolutions))):
+        h.update(f"{i}|{t}|{r}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def _mape(pred, y) -> float:
     return float(np.mean(np.abs(pred - y) / y) * 100)
 
@@ -115,6 +140,20 @@ def fit_model(space: DesignSpace, opts: TrainOptions, train: tuple[Sequence[Arch
         return _fit_model(space, opts, train, dev, seed, on_epoch, featurizer, init)
     finally:
         torch.set_num_threads(prev_threads)
+
+
+def options_from_init(opts: TrainOptions, init_ckpt: dict, explicit: dict, where: str = "task.init_from") -> TrainOptions:
+    """`opts` with the model kind and size (hidden, layers) of the checkpoint to fine-tune;
+    `explicit` holds what the user set (None: not set), which must then agree."""
+    kind, hp = init_ckpt["model"], init_ckpt.get("hparams", {})
+    want = {"model": kind}
+    if kind in ("gnn", "rnn"):
+        want.update(hidden=int(hp["hidden"]), layers=int(hp["layers"]))
+    clash = {k: v for k, v in want.items() if explicit.get(k) is not None and explicit[k] != v}
+    if clash:
+        raise UserError(f"{where} is a {kind} with " + ", ".join(f"{k}={v}" for k, v in want.items())
+                        + f"; drop task.{'/task.'.join(sorted(clash))} (the architecture comes from the checkpoint)")
+    return dataclasses.replace(opts, **want)
 
 
 def check_init(init: LatencyModel, opts: TrainOptions, where: str = "task.init_from") -> None:
@@ -278,12 +317,18 @@ def _measure_noise(csv_path: Path) -> dict:
 def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str, opts: TrainOptions, seed: int,
                    ckpt_path: str | os.PathLike, tracker, run_dir: str | os.PathLike,
                    init_from: str | os.PathLike | None = None, train_archs: int | None = None,
-                   device_filter: str | None = None) -> dict:
+                   device_filter: str | None = None, min_test_archs: int | None = None,
+                   init_label: str | None = None, small_test_flag: str = "task.allow_small_test",
+                   test_ids: Sequence[int] | None = None) -> dict:
     """Read a seed-format CSV, split (seeded), fit with early stopping on dev MAPE, report on
     test, save the checkpoint atomically, log everything to `tracker`.
 
     Few-shot: `init_from` is another device's checkpoint (same space and features) to
-    fine-tune from; `train_archs` keeps only that many (seeded) archs of the training part."""
+    fine-tune from (its kind and size replace those of `opts`; `init_label` is how to name
+    it, e.g. a models:/ URI); `train_archs` keeps only that many (seeded) archs of the
+    training part. `min_test_archs`: refuse a CSV whose test split is smaller. `test_ids`:
+    the net_ids held out for test (e.g. random archs beside a chosen training set); the
+    rest is split into train/dev by the seeded split's proportions."""
     import pandas as pd
     from blockprof.core.latency_csv import read_latency_csv
     from blockprof.predictors.report import fidelity, scatter_figure
@@ -292,12 +337,25 @@ def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str,
     recs = read_latency_csv(csv_path, space, device=device, device_filter=device_filter)  # one device, no mixing
     archs = [r.arch for r in recs]
     y = np.array([r.latency_ms for r in recs])
-    tr, dv, te = split_indices(len(recs), np.random.default_rng(seed), opts.split)
+    if test_ids is None:
+        tr, dv, te = split_indices(len(recs), np.random.default_rng(seed), opts.split)
+    else:
+        held = set(int(i) for i in test_ids)
+        te = np.array([i for i, r in enumerate(recs) if r.net_id in held], dtype=np.intp)
+        rest = np.array([i for i, r in enumerate(recs) if r.net_id not in held], dtype=np.intp)
+        if len(te) < 1 or len(rest) < 2:
+            raise UserError(f"{csv_path}: {len(te)} held-out and {len(rest)} training archs; need 1 and 2 at least")
+        perm = np.random.default_rng(seed).permutation(rest)
+        n_dev = max(1, int(round(len(rest) * opts.split[1] / (opts.split[0] + opts.split[1]))))
+        tr, dv = np.sort(perm[n_dev:]), np.sort(perm[:n_dev])
+    if min_test_archs:
+        check_test_size(len(recs), len(te), str(csv_path), small_test_flag, int(min_test_archs))
     init, init_info = None, None
     if init_from:
         init, ck = load_checkpoint(init_from, space)  # refuses another space / feature version
+        opts = options_from_init(opts, ck, {})
         check_init(init, opts)
-        init_info = {"checkpoint": str(init_from), "device": ck.get("data", {}).get("device"),
+        init_info = {"checkpoint": str(init_label or init_from), "device": ck.get("data", {}).get("device"),
                      "sha256": sha256_file(Path(init_from))}
     if train_archs is not None:
         if int(train_archs) < 1:
@@ -327,7 +385,9 @@ def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str,
     data = {"csv": str(csv_path), "sha256": sha256_file(csv_path), "device": device, "device_filter": device_filter,
             "rows": len(recs),
             "seed": int(seed), "split_sizes": [len(tr), len(dv), len(te)],
-            "latency_range_ms": [float(y.min()), float(y.max())]}
+            "latency_range_ms": [float(y.min()), float(y.max())],
+            "held_out": held_out_id([recs[i].net_id for i in te], [archs[i].text for i in te],
+                                    [archs[i].resolution for i in te])}
     if init_info:
         data["init_from"] = init_info
     ckpt = checkpoint_dict(model, opts, data, test)
@@ -348,4 +408,5 @@ def train_from_csv(space: DesignSpace, csv_path: str | os.PathLike, device: str,
     tracker.log_artifact(ckpt_path, "checkpoint")
     log.info(f"train_predictor: test MAPE {test['mape']:.2f} %, Spearman {test['spearman']:.3f}, "
           f"within +-10 % {test['within10']:.1f} % -> {ckpt_path}")
-    return {"model": model, "test": test, "report": report, "checkpoint": ckpt_path, "info": info}
+    return {"model": model, "test": test, "report": report, "checkpoint": ckpt_path, "info": info,
+            "data": data, "test_archs": pick(te), "test_ms": y[te], "opts": opts}

@@ -198,6 +198,8 @@ def run(ctx, tracker, prepared: Prepared | None = None):
         files.append(_write_csv(work / "best.csv", best))
     for f in files:
         tracker.log_artifact(f)
+    from blockprof.app.calibration import time_final_front  # a calibrated device: the front, timed for real
+    front_measured = time_final_front(ctx, front, cost, work, tracker)
     if scfg.plot:
         fig = plot_front(scored, cost, ctx.metrics[cost].unit, strategy,
                          title=f"{scfg.name} / insight {profile.name} / {space.name} on {cfg.device.name}")
@@ -216,7 +218,7 @@ def run(ctx, tracker, prepared: Prepared | None = None):
           f"front {int(last['front_size'])} archs, hypervolume {last['hypervolume']:.4g}; "
           f"best accuracy under {cost} {under} -> {work}")
     return {"scored": scored, "front": front, "history": result.history, "stop_reason": result.stop_reason,
-            "profile": profile, "strategy": strategy, "work_dir": work}
+            "profile": profile, "strategy": strategy, "work_dir": work, "front_measured": front_measured}
 
 
 def tables(strategy: Strategy) -> tuple[pd.DataFrame, pd.DataFrame]:
