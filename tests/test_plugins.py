@@ -104,7 +104,7 @@ def test_plugin_strategy_with_a_user_device(plugin_env, tmp_path):
     mine = tmp_path / "myconf" / "device"
     mine.mkdir(parents=True)
     (mine / "mytab.yaml").write_text("defaults:\n  - /schema/device/latency/lut@latency\n  - _self_\n"
-                                     "name: mytab\nlatency:\n  hv_reference: 60.0\n")
+                                     "name: mytab\nlatency:\n  table: asset:ofa/note10\n  hv_reference: 60.0\n")
     res = _run(["--config-dir", str(tmp_path / "myconf"), "task=search", "search=hill_climb", "device=mytab",
                 "search.budget=40", "search.plot=false"], tmp_path, plugin_env)
     assert res.returncode == 0, res.stderr
