@@ -434,7 +434,9 @@ class Bands(Strategy):
 
     Each iteration spends `front_share` of its evaluations on unit-level mutation of
     the whole front (the paper's move, for the hypervolume) and splits the rest over
-    the cost limits (`band_shares`: in proportion to each limit, or evenly). For limit L, the parents are the `parents` most
+    the cost limits (`band_shares`: evenly, or in proportion to each limit; evenly gives
+    the tightest limit, where few archs fit and the front is thin, a full share). For
+    limit L, the parents are the `parents` most
     accurate archs scored so far with cost <= L; children come from OFA's gene
     mutation, crossover and unit-level edits, are cost-checked (free), and only
     unseen ones costing within [L x (1 - band_width), L] are scored: the best arch
