@@ -101,10 +101,28 @@ class _SafeTables:
             est = LatencyEstimator.__new__(LatencyEstimator)  # skips OFA's download-and-load
             with open(folder / f"{r}_lookup_table.yaml", encoding="utf-8") as f:
                 est.lut = yaml.load(f, Loader=loader)
+            est.query = _remembered(est.query)
             self.tables[r] = est
 
     def predict_efficiency(self, spec: dict) -> float:
         return self.tables[spec["r"][0]].predict_network_latency_given_spec(spec)
+
+
+def _remembered(query):
+    """OFA's `LatencyEstimator.query` (one table entry, looked up by a string key it
+    formats from the layer's shapes each time), remembered by its arguments: the same
+    values, but the finder's hundreds of thousands of latency estimates, each of 20-odd
+    queries, no longer spend most of the benchmark's time formatting keys."""
+    memo: dict[tuple, float] = {}
+
+    def q(l_type, input_shape, output_shape, mid=None, ks=None, stride=None, id_skip=None, se=None, h_swish=None):
+        key = (l_type, *input_shape, *output_shape, mid, ks, stride, id_skip, se, h_swish)
+        v = memo.get(key)
+        if v is None:
+            v = memo[key] = query(l_type, input_shape, output_shape, mid=mid, ks=ks, stride=stride,
+                                  id_skip=id_skip, se=se, h_swish=h_swish)
+        return v
+    return q
 
 
 def _ofa_key(spec: dict) -> tuple:
