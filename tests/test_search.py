@@ -329,6 +329,24 @@ def test_bands_spend_the_budget_near_each_limit(cfg_factory, tmp_path):
     for lim in strat.limits:
         under = scored[scored.latency <= lim]
         assert under.loc[under.accuracy.idxmax(), "origin"] != "init"
+    # every row carries its arch as OFA's arch dict, the same arch again
+    sp = build_space("mbv3")
+    front = pd.read_csv(tmp_path / "r" / "front.csv")
+    for table in (scored.sample(200, random_state=0), front):
+        for text, r, cfg in zip(table.arch, table.resolution, table.ofa_config):
+            d = json.loads(cfg)
+            assert set(d) == {"ks", "e", "d", "r"} and len(d["ks"]) == len(d["e"]) == 20 and len(d["d"]) == 5
+            assert sp.from_ofa(d) == sp.parse(text, r) and d == sp.to_ofa(sp.parse(text, r))
+
+
+def test_ofa_config_column_is_to_ofa_for_every_family(spaces):
+    from blockprof.app.tasks.search import ofa_configs
+    for name in ("mbv3", "resnet50"):
+        sp = build_space(name)
+        archs = sp.sample(np.random.default_rng(3), 300)
+        col = ofa_configs(sp, archs)["ofa_config"]
+        assert [json.loads(c) for c in col] == [sp.to_ofa(a) for a in archs]
+        assert all(sp.from_ofa(json.loads(c)) == a for c, a in zip(col, archs))
 
 
 def test_bands_rejects_bad_options(cfg_factory, tmp_path):

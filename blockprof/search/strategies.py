@@ -110,9 +110,9 @@ class BandsConfig(SearchConfig):
     init_size: int = 400
     budget_per_iter: int = 400
     front_share: float = 0.2                # of each iteration: unit-level mutation of the whole front (hypervolume)
-    band_shares: str = "limit"              # split of the rest: "limit" (in proportion to each limit) | "equal"
+    band_shares: str = "equal"              # split of the rest: "equal" | "limit" (in proportion to each limit)
     band_width: float = 0.04                # a band's children cost within [limit x (1 - band_width), limit]
-    parents: int = 16                       # per band: the best archs under its limit
+    parents: int = 32                       # per band: the best archs under its limit
     gene_share: float = 0.5                 # of a band's candidates: OFA gene mutation ...
     crossover_share: float = 0.25           # ... crossover; the rest: unit-level add/remove/swap edits
     arch_mutate_prob: float = 0.1
@@ -451,7 +451,9 @@ class Bands(Strategy):
 
     Each iteration spends `front_share` of its evaluations on unit-level mutation of
     the whole front (the paper's move, for the hypervolume) and splits the rest over
-    the cost limits (`band_shares`: in proportion to each limit, or evenly). For limit L, the parents are the `parents` most
+    the cost limits (`band_shares`: evenly, or in proportion to each limit; evenly gives
+    the tightest limit, where few archs fit and the front is thin, a full share). For
+    limit L, the parents are the `parents` most
     accurate archs scored so far with cost <= L; children come from OFA's gene
     mutation, crossover and unit-level edits, are cost-checked (free), and only
     unseen ones costing within [L x (1 - band_width), L] are scored: the best arch

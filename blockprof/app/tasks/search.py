@@ -19,6 +19,7 @@ strategies: their current top archs), insight_space.yaml, front.png.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from blockprof.common.errors import UserError
 from blockprof.common.fileio import atomic_write_text
+from blockprof.core.families.mbconv import MBConvSpace
 from blockprof.infra.tracking import fetch_run_csv
 from blockprof.search.checkpoint import Checkpoint
 from blockprof.search.evaluator import Evaluator
@@ -228,10 +230,45 @@ def tables(strategy: Strategy) -> tuple[pd.DataFrame, pd.DataFrame]:
     scored = pd.DataFrame({
         "eval_id": np.arange(ev.evaluations), "iteration": ev.iteration.view.copy(), "origin": ev.origin,
         "arch": [a.text for a in ev.archs], "resolution": [a.resolution for a in ev.archs],
+        **ofa_configs(strategy.mutator.space, ev.archs),
         **{n: ev.values(n).copy() for n in ev.names}, "on_front": on_front,
     })
     front = scored[on_front].sort_values([strategy.cost_name, ACCURACY], ascending=[True, False], kind="stable")
     return scored, front
+
+
+def ofa_configs(space, archs) -> dict:
+    """An `ofa_config` column: each arch as OFA's arch dict (`ks`, `e`, `d`, `r` for the
+    MobileNetV3 / ProxylessNAS spaces; `d`, `e`, `w`, `r` for ResNet), in compact JSON, so
+    a row goes straight to `set_active_subnet(**config)` (and back with `space.from_ofa`).
+    Nothing for a space without an OFA encoding."""
+    if not archs:
+        return {"ofa_config": []}
+    try:
+        space.to_ofa(archs[0])
+    except NotImplementedError:
+        return {}
+    if isinstance(space, MBConvSpace):
+        return {"ofa_config": _mbconv_ofa_json(space, archs)}
+    return {"ofa_config": [json.dumps(space.to_ofa(a), separators=(",", ":")) for a in archs]}
+
+
+def _mbconv_ofa_json(space: MBConvSpace, archs) -> list[str]:
+    """`space.to_ofa` as JSON for a whole batch at once (a 20,000-arch search would spend
+    most of a second in the per-arch dicts): the slot encoding holds each active layer's
+    block, expansion-major; an inactive slot takes the smallest kernel and expansion, as
+    `to_ofa` writes it."""
+    choice = space.encode(archs).choice.astype(np.int64)
+    nk = len(space.kernels)
+    active = choice >= 0
+    ks = np.where(active, np.asarray(space.kernels)[np.maximum(choice, 0) % nk], min(space.kernels))
+    es = np.where(active, np.asarray(space.expands)[np.maximum(choice, 0) // nk], min(space.expands))
+    depth = np.stack([active[:, off:off + m].sum(axis=1) for off, m in zip(space.slot_offsets, space.max_layers)], 1)
+    names = np.array([str(i) for i in range(max(max(space.kernels), max(space.expands), max(space.max_layers)) + 1)],
+                     dtype=object)  # small ints to text by lookup
+    ks_s, es_s, d_s = names[ks].tolist(), names[es].tolist(), names[depth].tolist()
+    return ['{"ks":[' + ",".join(k) + '],"e":[' + ",".join(e) + '],"d":[' + ",".join(d) + f'],"r":{a.resolution}}}'
+            for k, e, d, a in zip(ks_s, es_s, d_s, archs)]
 
 
 def _write_csv(path: Path, df: pd.DataFrame) -> Path:
