@@ -3,18 +3,38 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from blockprof.common.errors import UserError
+
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | None = None) -> DictConfig:
-    """The config `python run.py <overrides>` would run: the packaged conf/ (or `config_dir`,
-    searched first, for a user's own groups such as a device), validated by the schemas."""
+    """The config ``python run.py <overrides>`` would run.
+
+    ``overrides``: the command line's ``key=value`` / ``group=option`` items, e.g.
+    ``["space=mbv3", "device=note10", "task=search", "search.budget=500"]``.
+    ``config_dir``: a folder of your own config groups (a device, say), searched before the
+    packaged ``conf/``. The result is validated by the schemas: a wrong key, type or option
+    raises :class:`blockprof.UserError` with the one line the command line would print.
+    """
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 
+    from blockprof.app.errors import one_line_user_error
     from blockprof.app.schema import register
 
+    if isinstance(overrides, str):
+        raise UserError(f"compose takes a list of overrides, e.g. compose([{overrides!r}]), not a string")
     register()
     GlobalHydra.instance().clear()
     extra = [f"hydra.searchpath=[file://{config_dir}]"] if config_dir else []
-    with initialize_config_module(config_module="blockprof.conf", version_base="1.3"):
-        return hydra_compose("config", overrides=[*overrides, *extra])
+    try:
+        with initialize_config_module(config_module="blockprof.conf", version_base="1.3"):
+            cfg = hydra_compose("config", overrides=[*map(str, overrides), *extra])
+    except Exception as exc:  # Hydra's composition errors are the caller's to fix: one line, as on the command line
+        line = one_line_user_error(exc)
+        if line is None:
+            raise
+        raise UserError(line) from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg

@@ -173,7 +173,10 @@ class TrainOnFirstUse(Metric):
         opts = TrainOptions.from_config(lat.get("train"), model=str(lat.get("model", "gnn")))
         run_dir = (self._run_dir or _fallback_run_dir(cfg)) / "train_predictor"
         log.info("latency: no predictor at %s; training a %s on %s first", self.ckpt_path, opts.model, self.csv_path)
-        with track_run(cfg, run_dir, "train_predictor", tags={"trained_on_demand": "true"}, nested=True) as tracker:
+        with track_run(cfg, run_dir, "train_predictor", tags={"trained_on_demand": "true"}, nested=True,
+                       params={"seed": cfg.seed, "space.name": cfg.space.name, "device.name": cfg.device.name,
+                               "task.csv": str(self.csv_path), "task.checkpoint": str(self.ckpt_path),
+                               "task.model": opts.model}) as tracker:
             log_training_data(tracker, self.csv_path, str(cfg.device.name))
             result = train_from_csv(self.space, self.csv_path, str(cfg.device.name), opts, int(cfg.seed),
                                     self.ckpt_path, tracker, run_dir)
