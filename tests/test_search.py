@@ -278,7 +278,7 @@ def test_budget_is_exact_unique_and_tracked(cfg_factory, tmp_path):
     assert hist["hypervolume"].is_monotonic_increasing
     # MLflow: per-iteration measures with steps, the files, the tags
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    r = client.search_runs([client.get_experiment_by_name("blockprof").experiment_id])[0]
+    r = client.search_runs([client.get_experiment_by_name("blockprof/search").experiment_id])[0]
     hv = client.get_metric_history(r.info.run_id, "hypervolume")
     assert sorted(m.step for m in hv) == list(range(6))
     for key in ("front_size", "evaluations", "best_acc_latency_le_20", "best_acc_latency_le_30"):
@@ -512,7 +512,7 @@ def test_from_profile_search_writes_and_logs_its_profile(mbv3_profile_run, cfg_f
     assert data["profile"] == "from_profile" and data["source"].endswith("summary.csv")
     assert data["unit_candidates"] == [list(c) for c in res["profile"].candidates]
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("blockprof")
+    exp = client.get_experiment_by_name("blockprof/search")
     r = client.search_runs([exp.experiment_id])[0]
     assert "insight_space.yaml" in {a.path for a in client.list_artifacts(r.info.run_id)}
     # the written YAML is itself a valid search.insight (same schema)

@@ -1,9 +1,22 @@
 """Compose a run config without the command line (the Python API, tests, benchmarks)."""
 from __future__ import annotations
 
+import weakref
+
 from omegaconf import DictConfig
 
 from blockprof.common.errors import UserError
+
+# the overrides each composed config was made from (by id, with a weak reference that tells a
+# reused id apart): what a task may treat as the caller's explicit choices, as Hydra's
+# `overrides.task` is on the command line
+_OVERRIDES: dict[int, tuple[weakref.ref, list[str]]] = {}
+
+
+def overrides_of(cfg) -> list[str] | None:
+    """The overrides `compose` made `cfg` from, or None for a config it did not make."""
+    hit = _OVERRIDES.get(id(cfg))
+    return hit[1] if hit is not None and hit[0]() is cfg else None
 
 
 def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | None = None) -> DictConfig:
@@ -37,4 +50,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_dir: str | None 
         raise UserError(line) from None
     finally:
         GlobalHydra.instance().clear()
+    for key in [k for k, (ref, _) in _OVERRIDES.items() if ref() is None]:
+        del _OVERRIDES[key]
+    _OVERRIDES[id(cfg)] = (weakref.ref(cfg), [str(o) for o in overrides])
     return cfg

@@ -150,8 +150,10 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> Outcome:
     run_dir = Path(run_dir) if run_dir else run_dir_of(cfg, create=False)
     log_header(cfg, run_dir)
     validate(cfg)
-    space = space_from_config(cfg)
     task = build_task(cfg)
+    cfg = task.complete_config(cfg)
+    task.cfg = cfg.task
+    space = space_from_config(cfg)
     torch.manual_seed(cfg.seed)
     ctx = RunContext(cfg, space, np.random.default_rng(cfg.seed), run_dir)
     # metrics are built, and the task's own checks run, before the run opens:

@@ -62,6 +62,11 @@ class Task(ABC):
     def needs_metrics(self) -> bool:
         return bool(self.cfg.needs_metrics)
 
+    def complete_config(self, cfg):
+        """The run's config, completed from the task's inputs before the space and metrics are
+        built (merge_profile takes its shards' settings); by default `cfg` as it is."""
+        return cfg
+
     def validate(self, ctx) -> None:
         """Raise UserError for anything the config, files or combination get wrong."""
 
