@@ -412,8 +412,11 @@ def test_killed_process_resumes_with_the_same_command(cfg_factory, tmp_path):
 
 def test_resume_refuses_a_different_search(cfg_factory, tmp_path):
     execute(cfg_factory(*SMALL, "tracking=none"), run_dir=tmp_path / "run")
-    with pytest.raises(UserError, match=r"different search \(differs in: search.budget"):
-        execute(cfg_factory(*SMALL, "search.budget=480", "tracking=none"), run_dir=tmp_path / "run")
+    with pytest.raises(UserError, match=r"different search \(differs in: search.budget_per_iter"):
+        execute(cfg_factory(*SMALL, "search.budget_per_iter=30", "tracking=none"), run_dir=tmp_path / "run")
+    # a smaller budget cannot continue it (a larger one does: tests/test_search_continue.py)
+    with pytest.raises(UserError, match=r"differs in: search.budget\); a checkpoint continues only to larger"):
+        execute(cfg_factory(*SMALL, "search.budget=400", "tracking=none"), run_dir=tmp_path / "run")
     with pytest.raises(UserError, match="holds no search checkpoint"):
         execute(cfg_factory(*SMALL, "tracking=none", f"task.resume_dir={tmp_path / 'nothing'}"), run_dir=tmp_path / "x")
     # task.resume_dir continues (here: re-finishes) the search kept in that folder
