@@ -132,15 +132,30 @@ class Outcome:
         return self.task.objective_value(self.result)
 
 
+def command_and_overrides(cfg: DictConfig) -> tuple[str, list[str]]:
+    """The command that reruns this run and its overrides: the command line's, or the
+    Python API's `compose` list."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from blockprof.app.compose import overrides_of
+    from blockprof.infra.tracking import command_line
+
+    if HydraConfig.initialized():
+        return command_line(cfg), list(HydraConfig.get().overrides.task)
+    overrides = overrides_of(cfg)
+    if overrides is None:
+        return "blockprof.run(cfg) (Python API, a config not made by blockprof.compose)", []
+    return f"blockprof.run(blockprof.compose({overrides!r}))", overrides
+
+
 def log_header(cfg: DictConfig, run_dir: Path) -> None:
     """The first lines of run.log: how to run this again and what ran (command line, overrides,
     commit). To the log file only: the person at the console typed the command."""
-    from blockprof.infra.tracking import command_line, file_logger, git_commit
-    from hydra.core.hydra_config import HydraConfig
+    from blockprof.infra.tracking import file_logger, git_commit
 
-    lg = file_logger()
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    lg.info("command: %s", command_line(cfg))
+    lg = file_logger("blockprof.run")
+    command, overrides = command_and_overrides(cfg)
+    lg.info("command: %s", command)
     lg.info("overrides: %s", " ".join(overrides) if overrides else "(none)")
     lg.info("git commit: %s; run folder: %s", git_commit(), run_dir)
 
@@ -167,7 +182,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> Outcome:
     try:
         _save_hydra_files(cfg, run_dir)
         with track_run(cfg, run_dir, task=str(cfg.task.name), groups=task.groups,
-                       params=task.params(ctx), tags=task.tags(ctx)) as tracker:
+                       params=task.params(ctx), tags=task.tags(ctx),
+                       description=command_and_overrides(cfg)[0]) as tracker:
             if tracker.run_id:
                 log.info("MLflow run %s (experiment %s): %s%s", tracker.run_id, experiment_name(cfg, str(cfg.task.name)),
                          tracker.url, "" if str(tracker.uri).startswith("http") else

@@ -23,13 +23,13 @@ class _LogProgress:
     from a timer thread, and at `close`."""
 
     def __init__(self, iterable, desc: str, total: int | None, every_s: float, unit: str = "",
-                 fmt: str | None = None, initial: int = 0):
+                 fmt: str | None = None, initial: int = 0, postfix: dict | None = None):
         self.iterable, self.desc, self.every_s, self.unit = iterable, desc or "progress", every_s, unit
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)
         self.total, self.n, self.initial = total, initial, initial
         self.fmt = fmt or DEFAULT_FMT
-        self.postfix: dict = {}
+        self.postfix: dict = dict(postfix or {})
         self._t0 = time.monotonic()
         self._stop = threading.Event()
         self._closed = False
@@ -96,14 +96,15 @@ class _LogProgress:
 
 
 def progress(iterable=None, desc: str = "", total: int | None = None, enabled: bool = True, every_s: float = 30.0,
-             unit: str = "", fmt: str | None = None, initial: int = 0):
+             unit: str = "", fmt: str | None = None, initial: int = 0, postfix: dict | None = None):
     """A progress counter over `iterable` (or driven by `update(n)`) against `total`: a bar on a
-    terminal, log lines every `every_s` seconds without one; nothing when not `enabled`."""
+    terminal, log lines every `every_s` seconds without one; nothing when not `enabled`.
+    `fmt` (log lines): fields desc, n, total, unit, eta and the `postfix` / `set_postfix` keys."""
     if not enabled:
         return tqdm(iterable, desc=desc, total=total, disable=True, initial=initial)
     if sys.stderr.isatty() and not os.environ.get("CI"):
-        return tqdm(iterable, desc=desc, total=total, leave=False, initial=initial, unit=unit or "it")
-    return _LogProgress(iterable, desc, total, every_s, unit=unit, fmt=fmt, initial=initial)
+        return tqdm(iterable, desc=desc, total=total, leave=False, initial=initial, unit=unit or "it", postfix=postfix)
+    return _LogProgress(iterable, desc, total, every_s, unit=unit, fmt=fmt, initial=initial, postfix=postfix)
 
 
 def phase(desc: str, total: int | None = None, unit: str = "", every_s: float = 30.0):

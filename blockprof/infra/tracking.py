@@ -375,13 +375,13 @@ def _sweep_tags(cfg: DictConfig | None = None) -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- MLflow's own output
-def file_logger() -> "logging.Logger":
+def file_logger(name: str = "blockprof.mlflow") -> "logging.Logger":
     """``blockprof.mlflow``: MLflow's messages and warnings go to the run's log file
     (run.log) only. They are MLflow's bookkeeping ("Successfully registered model",
     type-hint warnings), not results, so the console stays for blockprof's own lines."""
     import logging
 
-    lg = logging.getLogger("blockprof.mlflow")
+    lg = logging.getLogger(name)
     lg.propagate = False
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
     lg.handlers = files or [logging.NullHandler()]
@@ -679,8 +679,9 @@ class RunTracker:
 
     def __init__(self, cfg: DictConfig, run_dir: Path, task: str,
                  tags: dict | None = None, nested: bool = False, groups: tuple[str, ...] | None = None,
-                 params: dict | None = None):
+                 params: dict | None = None, description: str | None = None):
         self.cfg, self.run_dir, self.task, self.groups = cfg, Path(run_dir), task, groups
+        self.description = description
         self.extra_tags, self.nested, self.params = dict(tags or {}), nested, params
         self.enabled = _backend(cfg) != "none"
         self._run_id: str | None = None
@@ -766,7 +767,7 @@ class RunTracker:
         params = self._params()
         self._marker.update(backend=_backend(self.cfg), uri=uri, artifact_location=art, experiment=experiment,
                             task=self.task, run_name=run_name(self.cfg, self.task, start_ms),
-                            description=command_line(self.cfg), start_ms=start_ms, tags=self._tags(),
+                            description=self.description or command_line(self.cfg), start_ms=start_ms, tags=self._tags(),
                             params=params, error=None)
         if not self.enabled:
             self._write_marker("RUNNING")
@@ -908,11 +909,12 @@ def _artifact_dir(name: str) -> str | None:
 
 def track_run(cfg: DictConfig, run_dir: Path, task: str, tags: dict | None = None,
               nested: bool = False, groups: tuple[str, ...] | None = None,
-              params: dict | None = None) -> RunTracker:
+              params: dict | None = None, description: str | None = None) -> RunTracker:
     """``with track_run(cfg, run_dir, "profile") as tr: tr.log_metrics(...)``. ``params``:
     what the task used, flat (``Task.params``); without it, the config groups in ``groups``
     (all of them without that). ``tags`` add to task, space, device, commit and folder."""
-    return RunTracker(cfg, run_dir, task, tags=tags, nested=nested, groups=groups, params=params)
+    return RunTracker(cfg, run_dir, task, tags=tags, nested=nested, groups=groups, params=params,
+                      description=description)
 
 
 def fetch_run_csv(cfg: DictConfig, run_id: str, name: str):

@@ -202,8 +202,8 @@ class SearchRunner:
             self.on_iteration(0, history[-1])
         # the bar counts evaluations: the budget is the stopping rule
         bar = progress(None, desc=f"search {self.s.cfg.name}", total=int(self.s.cfg.budget), enabled=self.show_progress,
-                       fmt="{desc}: evaluations {n} of budget {total} (iteration {it}{eta})", initial=self.s.ev.evaluations)
-        bar.set_postfix(it=it)
+                       fmt="{desc}: evaluations {n} of budget {total} (iteration {it}{eta})", initial=self.s.ev.evaluations,
+                       postfix={"it": it})
         while reason is None:
             it += 1
             before = self.s.ev.evaluations
