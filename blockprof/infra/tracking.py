@@ -799,7 +799,12 @@ class RunTracker:
                 except Exception:  # deleted meanwhile, another store: start a new one
                     run = None
             if run is None:
-                parent = None if self.nested else sweep_parent(self.cfg, client, exp_id)
+                parent = None
+                if not self.nested:
+                    try:
+                        parent = sweep_parent(self.cfg, client, exp_id)
+                    except Exception as e:  # the run matters more than its place in the tree
+                        log.warning("tracking: no parent run for this sweep job (%s)", _reason(e))
                 run = mlflow.start_run(experiment_id=exp_id, run_name=self._marker["run_name"],
                                        nested=self.nested, parent_run_id=parent, tags=self._tags(),
                                        description=self._marker["description"])
@@ -810,7 +815,10 @@ class RunTracker:
             if todo:
                 mlflow.log_params(todo)
             mlflow.log_artifact(str(cfg_path))
-            mark_dead_runs_killed(client, exp_id, self.cfg, keep=self._run_id)
+            try:
+                mark_dead_runs_killed(client, exp_id, self.cfg, keep=self._run_id)
+            except Exception as e:  # housekeeping of other runs: never this run's failure
+                log.warning("tracking: could not check for dead runs (%s)", _reason(e))
 
         try:
             import mlflow
