@@ -67,8 +67,8 @@ def test_parallel_sweeps_record_every_job_fresh_and_existing_store(sweeps, capsy
     by_sweep: dict[str, list] = {}
     for r in runs:
         by_sweep.setdefault(r.data.tags["sweep"], []).append(r)
-    # sweeps are named relative to where they were started (no absolute paths in tags)
-    sweep_dirs = {f"multirun/{n}" for n in ("profiles", "searches")}
+    # sweeps are named relative to the output root (no absolute paths in tags)
+    sweep_dirs = {f"../multirun/{n}" for n in ("profiles", "searches")}
     assert set(by_sweep) == sweep_dirs and all(len(v) == 8 for v in by_sweep.values())
     for d, rs in by_sweep.items():
         assert sorted(int(r.data.tags["sweep_job"]) for r in rs) == list(range(8))
@@ -81,7 +81,7 @@ def test_parallel_sweeps_record_every_job_fresh_and_existing_store(sweeps, capsy
     assert all(by_parent[r.data.tags["mlflow.parentRunId"]] == r.data.tags["sweep"] for r in runs)
     assert {p.data.params.get("sweep.seed") for p in parents} == {"0,1", "0,1,2,3"}
     assert all(re.fullmatch(r"(profile|search)-\w+-\w+-[\d_-]+#\d", r.info.run_name) for r in runs)
-    prof = by_sweep["multirun/profiles"]
+    prof = by_sweep["../multirun/profiles"]
     combos = {(r.data.tags["space"], r.data.tags["device"], r.data.params["seed"]) for r in prof}
     assert combos == {(s, d, str(k)) for s in ("mbv3", "pn") for d in ("note10", "local_cpu") for k in (0, 1)}
     folders = sorted(p for p in (tmp / "multirun" / "profiles").iterdir() if p.is_dir())
@@ -126,7 +126,7 @@ def test_compare_builds_table_heatmaps_and_fronts(sweeps, capsys):
     t2 = pd.read_csv(tmp / "cmp_search" / "runs.csv")
     assert set(t2["search.strategy"]) == {"rm_pareto", "random"} and (t2["hypervolume"] > 0).all()
     # 'latest' is the newest sweep; a sweep without runs is one clear error line
-    assert compare(["latest"], uri, out=tmp / "cmp_latest")["table"]["sweep"].iloc[0] == "multirun/searches"
+    assert compare(["latest"], uri, out=tmp / "cmp_latest")["table"]["sweep"].iloc[0] == "../multirun/searches"
     assert compare_main(["--sweep", str(tmp / "nope"), "--uri", uri, "--out", str(tmp / "x")]) == 2
     assert "no runs tagged sweep=" in capsys.readouterr().err
 

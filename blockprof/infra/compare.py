@@ -88,8 +88,8 @@ def _search(client, exp_ids, filter_string: str, order_by=None, limit: int | Non
 
 
 def _sweep_ids(client, sweep: str) -> list[str]:
-    """The ``sweep`` tag values a sweep folder may carry: relative to the store's folder (a
-    local store lives in the output root), to this folder, and absolute (older runs)."""
+    """The ``sweep`` tag values a sweep folder may carry: relative to the output root (a local
+    store lives there; the current folder for a server's), and absolute (older runs)."""
     path = Path(sweep).expanduser()
     if not path.exists():
         return [sweep]
@@ -98,13 +98,8 @@ def _sweep_ids(client, sweep: str) -> list[str]:
     uri = str(client.tracking_uri)
     if uri.startswith("sqlite:///"):
         bases.insert(0, Path(uri[len("sqlite:///"):]).resolve().parent)
-    out = []
-    for base in bases:
-        try:
-            out.append(path.relative_to(base).as_posix())
-        except ValueError:
-            pass
-    return [*out, str(path)]
+    out = [Path(os.path.relpath(path, base)).as_posix() for base in bases]
+    return [*dict.fromkeys(out), str(path)]
 
 
 def resolve_sweep(client, exp_ids: list[str], sweep: str) -> list[str]:

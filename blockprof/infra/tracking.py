@@ -295,17 +295,11 @@ def _container(cfg: DictConfig) -> dict:
 
 
 def relative_to_root(path: str | os.PathLike, cfg: DictConfig) -> str:
-    """``path`` relative to ``paths.output_root`` (as tags name folders: the same on every
-    machine that shares a store), else to the launch folder, else absolute."""
-    p = resolve_path(path, cfg)
-    hc = _hydra_cfg(cfg)
-    launch = OmegaConf.select(hc, "runtime.cwd", default=None) if hc is not None else None
-    for base in (resolve_output_root(cfg), Path(launch or os.getcwd())):
-        try:
-            return p.relative_to(base).as_posix()
-        except ValueError:
-            continue
-    return str(p)
+    """``path`` relative to ``paths.output_root``, as tags name folders: the same on every
+    machine that shares a store."""
+    # `..` when the folder lies beside the output root (hydra.sweep.dir elsewhere): still the
+    # same id wherever the tree is mounted, and what compare computes from the store's folder
+    return Path(os.path.relpath(resolve_path(path, cfg), resolve_output_root(cfg))).as_posix()
 
 
 def experiment_name(cfg: DictConfig, task: str) -> str:
