@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -52,29 +53,52 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def find_runs(url: str, experiment: str, sweep: str | None) -> tuple[str, str, list[str]]:
+def _experiments(url: str, experiment: str) -> list[str]:
+    """Ids of the experiment ``experiment`` and its per-task ones (``<experiment>/<task>``)."""
+    name = experiment.replace("'", "")
+    found = [e for flt in (f"name = '{name}'", f"name LIKE '{name}/%'")
+             for e in _api(url, "experiments/search", {"filter": flt, "max_results": 1000}).get("experiments", [])]
+    if not found:
+        raise Problem(f"no experiment '{experiment}' or '{experiment}/<task>' at {url}")
+    return [e["experiment_id"] for e in found]
+
+
+def _search(url: str, exp_ids: list[str], flt: str) -> list[dict]:
+    runs, token = [], None
+    while True:
+        page = _api(url, "runs/search", {"experiment_ids": exp_ids, "filter": flt, "max_results": 1000,
+                                         **({"page_token": token} if token else {})})
+        runs += page.get("runs", [])
+        token = page.get("next_page_token")
+        if not token:
+            return runs
+
+
+def find_runs(url: str, experiment: str, sweep: str | None, output_root: str = "outputs") -> tuple[str, str, list[str]]:
     """(experiment id, search filter, run names) of the sweep's runs, via the REST API."""
-    q = urllib.parse.urlencode({"experiment_name": experiment})
-    exp_id = _api(url, f"experiments/get-by-name?{q}")["experiment"]["experiment_id"]
+    exp_ids = _experiments(url, experiment)
     if sweep == "latest":
-        latest = _api(url, "runs/search", {"experiment_ids": [exp_id], "filter": "tags.sweep != ''",
+        latest = _api(url, "runs/search", {"experiment_ids": exp_ids, "filter": "tags.sweep != ''",
                                            "order_by": ["attributes.start_time DESC"], "max_results": 1})
         if not latest.get("runs"):
             raise Problem(f"no sweep runs in experiment '{experiment}'")
         sweep = next(t["value"] for t in latest["runs"][0]["data"]["tags"] if t["key"] == "sweep")
-    elif sweep and Path(sweep).expanduser().exists():
-        sweep = str(Path(sweep).expanduser().resolve())  # the tag holds the absolute sweep folder
-    flt = f"tags.sweep = {_quote(sweep)}" if sweep else ""
-    names, token = [], None
-    while True:
-        page = _api(url, "runs/search", {"experiment_ids": [exp_id], "filter": flt, "max_results": 1000,
-                                         **({"page_token": token} if token else {})})
-        names += [r["info"]["run_name"] for r in page.get("runs", [])]
-        token = page.get("next_page_token")
-        if not token:
+    filters = [f"tags.sweep = {_quote(sweep)}"] if sweep else [""]
+    if sweep and Path(sweep).expanduser().exists():
+        # the tag holds the sweep folder relative to the output root; older runs: absolute
+        folder = Path(sweep).expanduser().resolve()
+        filters = [f"tags.sweep = {_quote(Path(os.path.relpath(folder, Path(output_root).resolve())).as_posix())}",
+                   f"tags.sweep = {_quote(str(folder))}", f"tags.sweep LIKE {_quote('%/' + folder.name)}"]
+    for flt in filters:
+        runs = _search(url, exp_ids, flt)
+        if runs:
             break
-    if not names:
-        raise Problem(f"no runs with {flt or 'any tag'} in experiment '{experiment}' at {url}")
+    else:
+        raise Problem(f"no runs with {filters[0] or 'any tag'} in experiment '{experiment}' at {url}")
+    # one experiment's table: the one holding most of the sweep's runs (a sweep over tasks spans several)
+    ids = [r["info"]["experiment_id"] for r in runs]
+    exp_id = max(set(ids), key=ids.count)
+    names = [r["info"]["run_name"] for r in runs if r["info"]["experiment_id"] == exp_id]
     return exp_id, flt, names
 
 
@@ -102,9 +126,10 @@ def _driver(profile_dir: str):
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
-def screenshot(url: str, experiment: str, sweep: str | None, out: Path, timeout: float = 60) -> dict:
+def screenshot(url: str, experiment: str, sweep: str | None, out: Path, timeout: float = 60,
+               output_root: str = "outputs") -> dict:
     """Open the sweep's runs table, wait for every run name, save ``out``. Returns what it saw."""
-    exp_id, flt, names = find_runs(url, experiment, sweep)
+    exp_id, flt, names = find_runs(url, experiment, sweep, output_root)
     page = ui_url(url, exp_id, flt)
     profile = tempfile.mkdtemp(prefix="blockprof-chromium-")
     driver = None
@@ -135,13 +160,15 @@ def screenshot(url: str, experiment: str, sweep: str | None, out: Path, timeout:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--url", default="http://127.0.0.1:5000", help="the MLflow server / UI")
-    ap.add_argument("--experiment", default="blockprof")
+    ap.add_argument("--experiment", default="blockprof", help="blockprof's experiments: <this>/<task>")
+    ap.add_argument("--output-root", default="outputs", help="the runs' paths.output_root (sweep tags are relative to it)")
     ap.add_argument("--sweep", default="latest", help="a sweep folder, its tag value, 'latest', or '' for all runs")
     ap.add_argument("--out", default="mlflow_ui.png", help="screenshot file (PNG)")
     ap.add_argument("--timeout", type=float, default=60, help="seconds to wait for the runs to show")
     args = ap.parse_args(argv)
     try:
-        res = screenshot(args.url, args.experiment, args.sweep or None, Path(args.out), args.timeout)
+        res = screenshot(args.url, args.experiment, args.sweep or None, Path(args.out), args.timeout,
+                         args.output_root)
     except Problem as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -75,9 +75,9 @@ def test_parallel_sweeps_record_every_job_fresh_and_existing_store(sweeps, capsy
     # one experiment per task, one parent run per sweep with its jobs nested under it
     assert len({r.info.experiment_id for r in runs}) == 2
     _, parents = _runs(root, parents=True)
-    assert sorted(p.data.tags["sweep"] for p in parents) == sorted(sweep_dirs)
+    assert sorted(p.data.tags["sweep_parent"] for p in parents) == sorted(sweep_dirs)
     assert all(p.info.status == "FINISHED" and p.info.run_name.startswith("sweep-") for p in parents)
-    by_parent = {p.info.run_id: p.data.tags["sweep"] for p in parents}
+    by_parent = {p.info.run_id: p.data.tags["sweep_parent"] for p in parents}
     assert all(by_parent[r.data.tags["mlflow.parentRunId"]] == r.data.tags["sweep"] for r in runs)
     assert {p.data.params.get("sweep.seed") for p in parents} == {"0,1", "0,1,2,3"}
     assert all(re.fullmatch(r"(profile|search)-\w+-\w+-[\d_-]+#\d", r.info.run_name) for r in runs)

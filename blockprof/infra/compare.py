@@ -114,7 +114,7 @@ def resolve_sweep(client, exp_ids: list[str], sweep: str) -> list[str]:
 
 def sweep_runs(client, experiment: str, sweeps: list[str]) -> list:
     """The runs of the sweeps, in the experiment ``experiment`` and its per-task ones
-    (``<experiment>/<task>``); a sweep's parent run is left out (it has no results)."""
+    (``<experiment>/<task>``)."""
     from blockprof.infra.tracking import experiment_names
 
     exps = experiment_names(client, experiment)
@@ -126,7 +126,7 @@ def sweep_runs(client, experiment: str, sweeps: list[str]) -> list:
         tags = resolve_sweep(client, ids, s)
         found = []
         for tag in tags:
-            found = [r for r in _search(client, ids, f"tags.sweep = {_quote(tag)}") if "sweep_kind" not in r.data.tags]
+            found = _search(client, ids, f"tags.sweep = {_quote(tag)}")
             if found:
                 break
         if not found:

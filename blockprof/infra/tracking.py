@@ -605,7 +605,9 @@ def sweep_parent(cfg: DictConfig, client, exp_id: str) -> str | None:
         task = str(OmegaConf.select(cfg, "task.name", default="run"))
         space, device = OmegaConf.select(cfg, "space.name", default="-"), OmegaConf.select(cfg, "device.name", default="-")
         tags = {"task": task, "space": str(space), "device": str(device), "git_commit": git_commit(),
-                "sweep": relative_to_root(sweep_dir, cfg), "sweep_kind": info["kind"],
+                # not `sweep`: filtering the runs table by a sweep lists its jobs flat, and
+                # compare's tables hold the jobs' results only
+                "sweep_parent": relative_to_root(sweep_dir, cfg), "sweep_kind": info["kind"],
                 "run_dir": relative_to_root(sweep_dir, cfg),
                 "mlflow.note.content": os.environ.get(SWEEP_COMMAND_ENV) or "python run.py -m ..."}
         with mlflow_output_to_log():
