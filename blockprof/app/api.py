@@ -102,3 +102,12 @@ def run(cfg: DictConfig, run_dir: str | Path | None = None):
         if fresh:
             remove_if_empty(folder)
         raise
+    except OSError as exc:  # a file the file system refused (read-only, full, no permission): the caller's to fix
+        from blockprof.app.errors import one_line_user_error
+
+        line = one_line_user_error(exc)
+        if line is None:
+            raise
+        if fresh:
+            remove_if_empty(folder)
+        raise UserError(line) from exc
