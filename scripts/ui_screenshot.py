@@ -74,8 +74,9 @@ def _search(url: str, exp_ids: list[str], flt: str) -> list[dict]:
             return runs
 
 
-def find_runs(url: str, experiment: str, sweep: str | None, output_root: str = "outputs") -> tuple[str, str, list[str]]:
-    """(experiment id, search filter, run names) of the sweep's runs, via the REST API."""
+def find_runs(url: str, experiment: str, sweep: str | None,
+              output_root: str = "outputs") -> tuple[str, str, list[str], str]:
+    """(experiment id, search filter, run names, one run's id) of the sweep's runs, via the REST API."""
     exp_ids = _experiments(url, experiment)
     if sweep == "latest":
         latest = _api(url, "runs/search", {"experiment_ids": exp_ids, "filter": "tags.sweep != ''",
@@ -99,7 +100,8 @@ def find_runs(url: str, experiment: str, sweep: str | None, output_root: str = "
     ids = [r["info"]["experiment_id"] for r in runs]
     exp_id = max(set(ids), key=ids.count)
     names = [r["info"]["run_name"] for r in runs if r["info"]["experiment_id"] == exp_id]
-    return exp_id, flt, names
+    first = next(r for r in runs if r["info"]["experiment_id"] == exp_id)
+    return exp_id, flt, names, first["info"]["run_id"]
 
 
 def ui_url(url: str, exp_id: str, flt: str) -> str:
@@ -127,9 +129,9 @@ def _driver(profile_dir: str):
 
 
 def screenshot(url: str, experiment: str, sweep: str | None, out: Path, timeout: float = 60,
-               output_root: str = "outputs") -> dict:
+               output_root: str = "outputs", run_page: Path | None = None) -> dict:
     """Open the sweep's runs table, wait for every run name, save ``out``. Returns what it saw."""
-    exp_id, flt, names = find_runs(url, experiment, sweep, output_root)
+    exp_id, flt, names, run_id = find_runs(url, experiment, sweep, output_root)
     page = ui_url(url, exp_id, flt)
     profile = tempfile.mkdtemp(prefix="blockprof-chromium-")
     driver = None
@@ -148,6 +150,14 @@ def screenshot(url: str, experiment: str, sweep: str | None, out: Path, timeout:
         time.sleep(0.5)  # let the table finish painting
         out.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(out))
+        if run_page is not None:  # one run's page: params, tags, description
+            driver.get(f"{url.rstrip('/')}/#/experiments/{exp_id}/runs/{run_id}")
+            end = time.monotonic() + timeout
+            while time.monotonic() < end and "Parameters" not in driver.find_element("tag name", "body").text:
+                time.sleep(0.5)
+            time.sleep(1.0)
+            run_page.parent.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(str(run_page))
         return {"url": page, "experiment_id": exp_id, "filter": flt, "runs": names,
                 "found": sorted(found), "missing": sorted(set(names) - found), "title": driver.title,
                 "screenshot": str(out)}
@@ -164,11 +174,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-root", default="outputs", help="the runs' paths.output_root (sweep tags are relative to it)")
     ap.add_argument("--sweep", default="latest", help="a sweep folder, its tag value, 'latest', or '' for all runs")
     ap.add_argument("--out", default="mlflow_ui.png", help="screenshot file (PNG)")
+    ap.add_argument("--run-page", default=None, help="also a screenshot of one of the runs' pages (PNG)")
     ap.add_argument("--timeout", type=float, default=60, help="seconds to wait for the runs to show")
     args = ap.parse_args(argv)
     try:
         res = screenshot(args.url, args.experiment, args.sweep or None, Path(args.out), args.timeout,
-                         args.output_root)
+                         args.output_root, Path(args.run_page) if args.run_page else None)
     except Problem as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
