@@ -128,6 +128,28 @@ def _driver(profile_dir: str):
     return webdriver.Chrome(service=Service(driver), options=opts)
 
 
+def _expand_parents(driver, opened: set[str]) -> None:
+    """Click the expander of each parent run (once): the UI shows child runs collapsed."""
+    for b in driver.find_elements("css selector", "button[data-component-id*='runnamecellrenderer']"):
+        try:
+            row = b.find_element("xpath", "./ancestor::*[@row-id][1]").get_attribute("row-id") or ""
+            if row not in opened:
+                opened.add(row)
+                b.click()
+        except Exception:  # re-rendered meanwhile: the next round finds it again
+            continue
+
+
+def _close_assistant(driver) -> None:
+    """Close the side panel (MLflow's assistant) so the table gets the whole width."""
+    for b in driver.find_elements("css selector", "button[aria-label='Close']"):
+        try:
+            b.click()
+        except Exception:
+            pass
+    time.sleep(0.3)
+
+
 def screenshot(url: str, experiment: str, sweep: str | None, out: Path, timeout: float = 60,
                output_root: str = "outputs", run_page: Path | None = None) -> dict:
     """Open the sweep's runs table, wait for every run name, save ``out``. Returns what it saw."""
@@ -141,12 +163,15 @@ def screenshot(url: str, experiment: str, sweep: str | None, out: Path, timeout:
         driver.get(page)
         deadline = time.monotonic() + timeout
         found: set[str] = set()
+        opened: set[str] = set()
         while time.monotonic() < deadline:
             body = driver.find_element("tag name", "body").text
             found = {n for n in names if n in body}
             if len(found) == len(names):
                 break
+            _expand_parents(driver, opened)  # a sweep's jobs are nested under its parent run
             time.sleep(0.5)
+        _close_assistant(driver)
         time.sleep(0.5)  # let the table finish painting
         out.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(out))
