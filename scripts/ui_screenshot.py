@@ -140,6 +140,20 @@ def _expand_parents(driver, opened: set[str]) -> None:
             continue
 
 
+def _widen_names(driver, px: int = 260) -> None:
+    """Drag the run-name column wider: its default width cuts names after ~15 characters."""
+    from selenium.webdriver.common.action_chains import ActionChains
+
+    for cell in driver.find_elements("css selector", ".ag-header-cell"):
+        if "Run Name" in (cell.text or ""):
+            try:
+                handle = cell.find_element("css selector", ".ag-header-cell-resize")
+                ActionChains(driver).click_and_hold(handle).move_by_offset(px, 0).release().perform()
+            except Exception:
+                pass
+            return
+
+
 def _close_assistant(driver) -> None:
     """Close the side panel (MLflow's assistant) so the table gets the whole width."""
     for b in driver.find_elements("css selector", "button[aria-label='Close']"):
@@ -172,6 +186,7 @@ def screenshot(url: str, experiment: str, sweep: str | None, out: Path, timeout:
             _expand_parents(driver, opened)  # a sweep's jobs are nested under its parent run
             time.sleep(0.5)
         _close_assistant(driver)
+        _widen_names(driver)
         time.sleep(0.5)  # let the table finish painting
         out.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(out))

@@ -80,7 +80,7 @@ def test_parallel_sweeps_record_every_job_fresh_and_existing_store(sweeps, capsy
     by_parent = {p.info.run_id: p.data.tags["sweep_parent"] for p in parents}
     assert all(by_parent[r.data.tags["mlflow.parentRunId"]] == r.data.tags["sweep"] for r in runs)
     assert {p.data.params.get("sweep.seed") for p in parents} == {"0,1", "0,1,2,3"}
-    assert all(re.fullmatch(r"(profile|search)-\w+-\w+-[\d_-]+#\d", r.info.run_name) for r in runs)
+    assert all(re.fullmatch(r"(profile|search)-\w+-\w+-#\d-[\d_-]+", r.info.run_name) for r in runs)
     prof = by_sweep["../multirun/profiles"]
     combos = {(r.data.tags["space"], r.data.tags["device"], r.data.params["seed"]) for r in prof}
     assert combos == {(s, d, str(k)) for s in ("mbv3", "pn") for d in ("note10", "local_cpu") for k in (0, 1)}

@@ -228,7 +228,7 @@ def test_hydra_parallel_sweep(tmp_path):
     # the sweep's id is relative (the same wherever the store is opened), as are the job folders
     assert {r.data.tags["sweep"] for r in runs} == {"../multirun/s1"} == {parent.data.tags["sweep_parent"]}
     assert sorted(r.data.tags["sweep_job"] for r in runs) == ["0", "1", "2", "3"]
-    assert sorted(r.info.run_name.rsplit("#", 1)[1] for r in runs) == ["0", "1", "2", "3"]
+    assert sorted(re.search(r"-#(\d)-", r.info.run_name).group(1) for r in runs) == ["0", "1", "2", "3"]
     assert all(r.data.tags["mlflow.note.content"].startswith("python run.py x=") for r in runs)
 
 

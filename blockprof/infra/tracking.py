@@ -322,13 +322,13 @@ def _stamp(ms: int) -> str:
 
 
 def run_name(cfg: DictConfig, task: str, start_ms: int) -> str:
-    """``<task>-<space>-<device>-<time>`` (``#<job>`` for a sweep's job): what tells runs apart
-    comes first, where the UI's column does not cut it."""
+    """``<task>-<space>-<device>-<time>``; a sweep's job ``<task>-<space>-<device>-#<job>-<time>``
+    (its jobs start together: the job number tells them apart). What tells runs apart comes
+    first, where the UI's name column does not cut it."""
     space = OmegaConf.select(cfg, "space.name", default=None) or "-"
     device = OmegaConf.select(cfg, "device.name", default=None) or "-"
-    name = f"{task}-{space}-{device}-{_stamp(start_ms)}"
     job = _sweep_tags(cfg).get("sweep_job")
-    return f"{name}#{job}" if job is not None else name
+    return f"{task}-{space}-{device}-{'' if job is None else f'#{job}-'}{_stamp(start_ms)}"
 
 
 def command_line(cfg: DictConfig | None = None) -> str:
