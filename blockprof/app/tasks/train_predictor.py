@@ -88,7 +88,7 @@ class TrainPredictorTask(Task):
     def params(self, ctx):
         p = super().params(ctx)
         csv_path, ckpt_path, opts = _plan(ctx)
-        p.update({"task.csv": str(csv_path), "task.checkpoint": str(ckpt_path), "task.model": opts.model})
+        p.update({"task.csv": str(csv_path), "task.checkpoint": str(ckpt_path)})  # the model: train.model
         for k in ("init_from",):
             if self.cfg.get(k):
                 p[f"task.{k}"] = str(resolve_path(self.cfg[k], ctx.cfg))
