@@ -9,11 +9,14 @@ import os
 import sys
 import threading
 import time
+import weakref
 
 from tqdm.auto import tqdm
 
 log = logging.getLogger("blockprof.progress")
-_ACTIVE: list = []  # open counters, outermost first: one inside another is quiet unless it lasts
+# open counters, outermost first (weak: a counter abandoned by an exception neither lingers nor
+# keeps later ones quiet); one inside another is quiet unless it lasts
+_ACTIVE: "weakref.WeakSet[_LogProgress]" = weakref.WeakSet()
 DEFAULT_FMT = "{desc}: {n} of {total} {unit}{eta}"
 
 
@@ -37,16 +40,16 @@ class _LogProgress:
         # search) only speaks when it runs long enough for a timed line
         self.quiet = bool(_ACTIVE)
         self.beats = 0
-        _ACTIVE.append(self)
+        _ACTIVE.add(self)
         if not self.quiet:
             self._emit(start=True)
-        self._timer = threading.Thread(target=self._beat, name=f"progress:{self.desc}", daemon=True)
+        # the timer holds the counter weakly: once nothing else does, the timer ends
+        self._timer = threading.Thread(target=_beat, args=(weakref.ref(self), self._stop, every_s),
+                                       name=f"progress:{self.desc}", daemon=True)
         self._timer.start()
 
-    def _beat(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.beats += 1
-            self._emit()
+    def __del__(self):
+        self._stop.set()
 
     def _emit(self, start: bool = False, end: bool = False) -> None:
         elapsed = time.monotonic() - self._t0
@@ -89,10 +92,19 @@ class _LogProgress:
             return
         self._closed = True
         self._stop.set()
-        if self in _ACTIVE:
-            _ACTIVE.remove(self)
+        _ACTIVE.discard(self)
         if not self.quiet or self.beats:
             self._emit(end=True)
+
+
+def _beat(ref, stop: threading.Event, every_s: float) -> None:
+    while not stop.wait(every_s):
+        bar = ref()
+        if bar is None or bar._closed:
+            return
+        bar.beats += 1
+        bar._emit()
+        del bar
 
 
 def progress(iterable=None, desc: str = "", total: int | None = None, enabled: bool = True, every_s: float = 30.0,

@@ -204,18 +204,20 @@ class SearchRunner:
         bar = progress(None, desc=f"search {self.s.cfg.name}", total=int(self.s.cfg.budget), enabled=self.show_progress,
                        fmt="{desc}: evaluations {n} of budget {total} (iteration {it}{eta})", initial=self.s.ev.evaluations,
                        postfix={"it": it})
-        while reason is None:
-            it += 1
-            before = self.s.ev.evaluations
-            self.s.step(it)
-            stall = stall + 1 if self.s.ev.evaluations == before else 0
-            history.append(dict(iteration=it, **self.s.measures()))
-            reason = self._stop_reason(it, stall)
-            self._commit(it, stall, reason, history[-1])
-            self.on_iteration(it, history[-1])
-            bar.set_postfix(it=it)
-            bar.update(self.s.ev.evaluations - before)
-        bar.close()
+        try:
+            while reason is None:
+                it += 1
+                before = self.s.ev.evaluations
+                self.s.step(it)
+                stall = stall + 1 if self.s.ev.evaluations == before else 0
+                history.append(dict(iteration=it, **self.s.measures()))
+                reason = self._stop_reason(it, stall)
+                self._commit(it, stall, reason, history[-1])
+                self.on_iteration(it, history[-1])
+                bar.set_postfix(it=it)
+                bar.update(self.s.ev.evaluations - before)
+        finally:
+            bar.close()
         log.info("search %s: evaluations %d of budget %d, %d iterations (stopped: %s)", self.s.cfg.name,
                  self.s.ev.evaluations, int(self.s.cfg.budget), it, reason)
         return SearchResult(it, reason, history, resumed)
