@@ -10,13 +10,14 @@ A small Python API over the same code the command line runs::
     scores = blockprof.score(cfg, archs)                        # {"accuracy": array, "latency": array, ...}
     result = blockprof.run(cfg)                                 # run cfg's task (profile, search, ...)
 
-Names are imported on first use, so `import blockprof` stays fast.
+Every bad input raises ``blockprof.UserError`` (one line, as the command line prints).
+Names are imported on first use, so ``import blockprof`` stays fast.
 """
 from __future__ import annotations
 
-import importlib
+import importlib as _importlib
 
-__all__ = ["Arch", "DesignSpace", "UserError", "build_space", "compose", "metrics_for", "score", "run"]
+__all__ = ["Arch", "DesignSpace", "UserError", "build_space", "compose", "metrics_for", "run", "score"]
 __version__ = "0.1.0"
 
 _LAZY = {
@@ -33,5 +34,12 @@ _LAZY = {
 
 def __getattr__(name: str):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(_importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later look-ups (and help()) find it directly
+        return value
     raise AttributeError(f"module 'blockprof' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API (tab completion, dir(blockprof)), not the module's machinery."""
+    return sorted([*__all__, "__version__"])

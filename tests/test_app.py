@@ -23,7 +23,7 @@ def test_evaluate_pn_note10_tracks_to_mlflow(cfg_factory, tmp_path):
     assert "accuracy" not in table.columns  # no public predictor for pn: skipped with a notice
     assert (table["latency"] > 0).all()
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("blockprof")
+    exp = client.get_experiment_by_name("blockprof/evaluate")
     runs = client.search_runs([exp.experiment_id])
     assert len(runs) == 1
     run = runs[0]

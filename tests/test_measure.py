@@ -37,7 +37,7 @@ def test_measure_writes_seed_csv_and_resumes(cfg_factory, tmp_path):
     assert meta["retest"]["retest_mape"] >= 0
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    run = client.search_runs([client.get_experiment_by_name("blockprof").experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name("blockprof/measure").experiment_id])[0]
     assert run.data.tags["task"] == "measure" and run.data.tags["machine.cpu"] == meta["machine"]["cpu"]
     assert run.data.metrics["retest_mape"] == pytest.approx(meta["retest"]["retest_mape"])
     mlflow.set_tracking_uri(None)

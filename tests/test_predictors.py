@@ -155,7 +155,7 @@ def test_train_predictor_task_checkpoint_round_trip(cfg_factory, tmp_path, space
     assert np.allclose(model.predict(archs[:50]), out["model"].predict(archs[:50]), rtol=1e-6)
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    run = client.search_runs([client.get_experiment_by_name("blockprof").experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name("blockprof/train_predictor").experiment_id])[0]
     history = client.get_metric_history(run.info.run_id, "dev_mape")
     assert len(history) >= 2 and [m.step for m in history][:2] == [1, 2]
     assert run.data.metrics["test_mape"] == pytest.approx(out["test"]["mape"])
@@ -187,7 +187,7 @@ def test_predictor_device_trains_on_demand_then_loads(cfg_factory, tmp_path, spa
     ckpt = data / "predictors" / "mbv3_npu_gnn.pt"
     assert ckpt.is_file() and (df["latency"] > 0).all()
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("blockprof").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("blockprof/evaluate").experiment_id])
     by_task = {r.data.tags["task"]: r for r in runs}
     assert set(by_task) == {"evaluate", "train_predictor"}
     assert by_task["train_predictor"].data.tags["mlflow.parentRunId"] == by_task["evaluate"].info.run_id

@@ -277,7 +277,7 @@ def test_budget_is_exact_unique_and_tracked(cfg_factory, tmp_path):
     assert hist["hypervolume"].is_monotonic_increasing
     # MLflow: per-iteration measures with steps, the files, the tags
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    r = client.search_runs([client.get_experiment_by_name("blockprof").experiment_id])[0]
+    r = client.search_runs([client.get_experiment_by_name("blockprof/search").experiment_id])[0]
     hv = client.get_metric_history(r.info.run_id, "hypervolume")
     assert sorted(m.step for m in hv) == list(range(6))
     for key in ("front_size", "evaluations", "best_acc_latency_le_20", "best_acc_latency_le_30"):
@@ -429,8 +429,11 @@ def test_killed_process_resumes_with_the_same_command(cfg_factory, tmp_path):
 
 def test_resume_refuses_a_different_search(cfg_factory, tmp_path):
     execute(cfg_factory(*SMALL, "tracking=none"), run_dir=tmp_path / "run")
-    with pytest.raises(UserError, match=r"different search \(differs in: search.budget"):
-        execute(cfg_factory(*SMALL, "search.budget=480", "tracking=none"), run_dir=tmp_path / "run")
+    with pytest.raises(UserError, match=r"different search \(differs in: search.budget_per_iter"):
+        execute(cfg_factory(*SMALL, "search.budget_per_iter=30", "tracking=none"), run_dir=tmp_path / "run")
+    # a smaller budget cannot continue it (a larger one does: tests/test_search_continue.py)
+    with pytest.raises(UserError, match=r"differs in: search.budget\); a checkpoint continues only to larger"):
+        execute(cfg_factory(*SMALL, "search.budget=400", "tracking=none"), run_dir=tmp_path / "run")
     with pytest.raises(UserError, match="holds no search checkpoint"):
         execute(cfg_factory(*SMALL, "tracking=none", f"task.resume_dir={tmp_path / 'nothing'}"), run_dir=tmp_path / "x")
     # task.resume_dir continues (here: re-finishes) the search kept in that folder
@@ -529,7 +532,7 @@ def test_from_profile_search_writes_and_logs_its_profile(mbv3_profile_run, cfg_f
     assert data["profile"] == "from_profile" and data["source"].endswith("summary.csv")
     assert data["unit_candidates"] == [list(c) for c in res["profile"].candidates]
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("blockprof")
+    exp = client.get_experiment_by_name("blockprof/search")
     r = client.search_runs([exp.experiment_id])[0]
     assert "insight_space.yaml" in {a.path for a in client.list_artifacts(r.info.run_id)}
     # the written YAML is itself a valid search.insight (same schema)

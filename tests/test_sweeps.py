@@ -4,6 +4,7 @@ profile shards merged back into the unsharded summary, the SLURM launcher config
 `blockprof.compare` over the recorded sweeps."""
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -24,10 +25,12 @@ SEARCH = ["task=search", "space=mbv3", "device=note10", "search.budget=60", "sea
 TIMINGS: dict[str, float] = {}
 
 
-def _runs(root: Path):
+def _runs(root: Path, parents: bool = False):
+    """The job runs (or, with `parents`, the sweeps' parent runs) of every blockprof/<task> experiment."""
     c = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    exp = c.get_experiment_by_name("blockprof")
-    return c, (c.search_runs([exp.experiment_id], max_results=1000) if exp else [])
+    exps = c.search_experiments(filter_string="name LIKE 'blockprof/%'")
+    runs = c.search_runs([e.experiment_id for e in exps], max_results=1000) if exps else []
+    return c, [r for r in runs if ("sweep_kind" in r.data.tags) == parents]
 
 
 def _sweep(tmp: Path, root: Path, name: str, args: list[str]):
@@ -65,13 +68,21 @@ def test_parallel_sweeps_record_every_job_fresh_and_existing_store(sweeps, capsy
     by_sweep: dict[str, list] = {}
     for r in runs:
         by_sweep.setdefault(r.data.tags["sweep"], []).append(r)
-    sweep_dirs = {str(tmp / "multirun" / n) for n in ("profiles", "searches")}
+    # sweeps are named relative to the output root (no absolute paths in tags)
+    sweep_dirs = {f"../multirun/{n}" for n in ("profiles", "searches")}
     assert set(by_sweep) == sweep_dirs and all(len(v) == 8 for v in by_sweep.values())
     for d, rs in by_sweep.items():
         assert sorted(int(r.data.tags["sweep_job"]) for r in rs) == list(range(8))
-    # one experiment, each job with its own run folder holding its files
-    assert len({r.info.experiment_id for r in runs}) == 1
-    prof = by_sweep[str(tmp / "multirun" / "profiles")]
+    # one experiment per task, one parent run per sweep with its jobs nested under it
+    assert len({r.info.experiment_id for r in runs}) == 2
+    _, parents = _runs(root, parents=True)
+    assert sorted(p.data.tags["sweep_parent"] for p in parents) == sorted(sweep_dirs)
+    assert all(p.info.status == "FINISHED" and p.info.run_name.startswith("sweep-") for p in parents)
+    by_parent = {p.info.run_id: p.data.tags["sweep_parent"] for p in parents}
+    assert all(by_parent[r.data.tags["mlflow.parentRunId"]] == r.data.tags["sweep"] for r in runs)
+    assert {p.data.params.get("sweep.seed") for p in parents} == {"0,1", "0,1,2,3"}
+    assert all(re.fullmatch(r"(profile|search)-\w+-\w+-#\d-[\d_-]+", r.info.run_name) for r in runs)
+    prof = by_sweep["../multirun/profiles"]
     combos = {(r.data.tags["space"], r.data.tags["device"], r.data.params["seed"]) for r in prof}
     assert combos == {(s, d, str(k)) for s in ("mbv3", "pn") for d in ("note10", "local_cpu") for k in (0, 1)}
     folders = sorted(p for p in (tmp / "multirun" / "profiles").iterdir() if p.is_dir())
@@ -116,7 +127,7 @@ def test_compare_builds_table_heatmaps_and_fronts(sweeps, capsys):
     t2 = pd.read_csv(tmp / "cmp_search" / "runs.csv")
     assert set(t2["search.strategy"]) == {"rm_pareto", "random"} and (t2["hypervolume"] > 0).all()
     # 'latest' is the newest sweep; a sweep without runs is one clear error line
-    assert compare(["latest"], uri, out=tmp / "cmp_latest")["table"]["sweep"].iloc[0] == sweep_tag
+    assert compare(["latest"], uri, out=tmp / "cmp_latest")["table"]["sweep"].iloc[0] == "../multirun/searches"
     assert compare_main(["--sweep", str(tmp / "nope"), "--uri", uri, "--out", str(tmp / "x")]) == 2
     assert "no runs tagged sweep=" in capsys.readouterr().err
 

@@ -1,6 +1,7 @@
 """blockprof.tracking against a real SQLite MLflow store in tmp_path (no mocks, no network)."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -85,14 +86,16 @@ def test_run_logs_everything(store, tmp_path):
 
     c = client_for(tmp_path)
     run = c.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.info.run_name == "profile-r1"
+    assert run.info.status == "FINISHED"
+    assert re.fullmatch(r"profile-mbv3-note10-\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", run.info.run_name)
     p, t = run.data.params, run.data.tags
     assert p["space.name"] == "mbv3" and p["metric.names"] == "['mmacs']"
     assert p["search.population"] == "8" and p["extra_param"] == "3"
     assert len(p["long"]) == 6000 and not any(k.startswith("hydra") for k in p)
-    assert {k: t[k] for k in ("task", "space", "device", "metrics", "search", "extra", "phase")} == {
-        "task": "profile", "space": "mbv3", "device": "note10", "metrics": "mmacs",
-        "search": "evolution", "extra": "7", "phase": "done"}
+    assert {k: t[k] for k in ("task", "space", "device", "extra", "phase", "run_dir")} == {
+        "task": "profile", "space": "mbv3", "device": "note10", "extra": "7", "phase": "done", "run_dir": "runs/r1"}
+    # what only the task knows (metrics scored, a search strategy) is the task's to tag
+    assert "search" not in t and "metrics" not in t
     assert len(t["git_commit"]) == 40 or t["git_commit"] == "unknown"
     hist = c.get_metric_history(run_id, "best_acc")
     assert [m.step for m in hist] == [0, 1, 2] and hist[-1].value == pytest.approx(0.2)
@@ -210,11 +213,23 @@ def test_hydra_parallel_sweep(tmp_path):
     c = client_for(tmp_path / "out")
     exp = c.get_experiment_by_name("sweeptest")
     assert exp.artifact_location == (tmp_path / "out" / "mlartifacts").as_uri()
-    runs = c.search_runs([exp.experiment_id])
+    every = c.search_runs([exp.experiment_id])
+    parents = [r for r in every if "mlflow.parentRunId" not in r.data.tags]
+    runs = [r for r in every if "mlflow.parentRunId" in r.data.tags]
+    # one parent run for the sweep (created once although jobs ran in parallel), ended with it
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", [p.info.run_name for p in parents]
+    parent = parents[0]
+    assert parent.info.run_name.startswith("sweep-") and parent.data.params == {"sweep.x": "1,2,3,4"}
+    assert parent.data.tags["mlflow.note.content"].endswith("app.py -m x=1,2,3,4") is False
+    assert "x=1,2,3,4" in parent.data.tags["mlflow.note.content"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
     assert sorted(r.data.metrics["x"] for r in runs) == [1, 2, 3, 4]
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert {r.data.tags["sweep"] for r in runs} == {str(tmp_path / "multirun" / "s1")}
+    # the sweep's id is relative (the same wherever the store is opened), as are the job folders
+    assert {r.data.tags["sweep"] for r in runs} == {"../multirun/s1"} == {parent.data.tags["sweep_parent"]}
     assert sorted(r.data.tags["sweep_job"] for r in runs) == ["0", "1", "2", "3"]
+    assert sorted(re.search(r"-#(\d)-", r.info.run_name).group(1) for r in runs) == ["0", "1", "2", "3"]
+    assert all(r.data.tags["mlflow.note.content"].startswith("python run.py x=") for r in runs)
 
 
 def test_rerun_of_unfinished_folder_continues_its_mlflow_run(store, tmp_path):

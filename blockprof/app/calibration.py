@@ -176,7 +176,10 @@ class CalibratedLatency(Metric):
         run_dir = self._run_folder() / "calibration"
         log.info("latency: calibrating %s on this machine (%s): timing %d archs into %s, then fitting a GNN; "
                  "later runs reuse it", device, p.key, p.archs, p.csv)
-        with track_run(cfg, run_dir, "calibrate", tags={"calibration": p.key}, nested=True) as tracker:
+        with track_run(cfg, run_dir, "calibrate", tags={"calibration": p.key}, nested=True,
+                       params={"seed": cfg.seed, "space.name": self.space.name, "device.name": device,
+                               "calibration.archs": p.archs, "calibration.csv": str(p.csv),
+                               "calibration.select": p.select}) as tracker:
             test_ids = p.chosen_list()
             measure_run(SimpleNamespace(cfg=p.measure_cfg(), space=self.space), tracker)  # resumable
             opts = TrainOptions.from_config(self.plan.lat.get("train"), model="gnn", split=tuple(p.split))

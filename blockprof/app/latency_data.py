@@ -198,7 +198,10 @@ class TrainOnFirstUse(Metric):
         run_dir = (self._run_dir or _fallback_run_dir(cfg)) / "train_predictor"
         device = str(cfg.device.name)
         log.info("latency: no predictor at %s; training a %s on %s first", self.ckpt_path, opts.model, self.csv_path)
-        with track_run(cfg, run_dir, "train_predictor", tags={"trained_on_demand": "true"}, nested=True) as tracker:
+        with track_run(cfg, run_dir, "train_predictor", tags={"trained_on_demand": "true"}, nested=True,
+                       params={"seed": cfg.seed, "space.name": cfg.space.name, "device.name": device,
+                               "task.csv": str(self.csv_path), "task.checkpoint": str(self.ckpt_path),
+                               "task.model": opts.model}) as tracker:
             log_training_data(tracker, self.csv_path, device)
             # nothing is at ckpt_path (else it would have been loaded): writing it overwrites nothing
             result = train_from_csv(self.space, self.csv_path, device, opts, int(cfg.seed),

@@ -28,7 +28,7 @@ from blockprof.app.schema import unknown_keys
 from blockprof.app.task import Task
 from blockprof.common.errors import UserError
 from blockprof.core.space import DesignSpace
-from blockprof.infra.tracking import RUN_LOCK, claim_run_dir, resolve_output_root, track_run
+from blockprof.infra.tracking import RUN_LOCK, claim_run_dir, experiment_name, resolve_output_root, track_run
 from blockprof.metrics.base import Metric
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,8 @@ def validate(cfg: DictConfig) -> None:
         raise UserError(f"seed must be a non-negative integer, not {cfg.seed!r}")
     if cfg.tracking.backend not in ("local", "none", "server"):
         raise UserError(f"unknown tracking.backend '{cfg.tracking.backend}' (local, none, server)")
-    name = str(cfg.tracking.experiment)
-    if not name.strip() or len(name) > MAX_EXPERIMENT_NAME or not name.isprintable():
+    name = experiment_name(cfg, str(cfg.task.name))
+    if not str(cfg.tracking.experiment).strip() or len(name) > MAX_EXPERIMENT_NAME or not name.isprintable():
         raise UserError(f"tracking.experiment must be 1-{MAX_EXPERIMENT_NAME} printable characters "
                         f"(got {len(name)})")
     check_writable(resolve_output_root(cfg), "paths.output_root")
@@ -143,13 +143,44 @@ class Outcome:
         return self.task.objective_value(self.result)
 
 
+def command_and_overrides(cfg: DictConfig) -> tuple[str, list[str]]:
+    """The command that reruns this run and its overrides: the command line's, or the
+    Python API's `compose` list."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from blockprof.app.compose import overrides_of
+    from blockprof.infra.tracking import command_line
+
+    if HydraConfig.initialized():
+        return command_line(cfg), list(HydraConfig.get().overrides.task)
+    overrides = overrides_of(cfg)
+    if overrides is None:
+        return "blockprof.run(cfg) (Python API, a config not made by blockprof.compose)", []
+    return f"blockprof.run(blockprof.compose({overrides!r}))", overrides
+
+
+def log_header(cfg: DictConfig, run_dir: Path) -> None:
+    """The first lines of run.log: how to run this again and what ran (command line, overrides,
+    commit). To the log file only: the person at the console typed the command."""
+    from blockprof.infra.tracking import file_logger, git_commit
+
+    lg = file_logger("blockprof.run")
+    command, overrides = command_and_overrides(cfg)
+    lg.info("command: %s", command)
+    lg.info("overrides: %s", " ".join(overrides) if overrides else "(none)")
+    lg.info("git commit: %s; run folder: %s", git_commit(), run_dir)
+
+
 def run(cfg: DictConfig, run_dir: Path | None = None) -> Outcome:
     """Validate, build and run the configured task. Raises UserError on bad input."""
+    run_dir = Path(run_dir) if run_dir else run_dir_of(cfg, create=False)
+    log_header(cfg, run_dir)
     validate(cfg)
-    space = space_from_config(cfg)
     task = build_task(cfg)
+    cfg = task.complete_config(cfg)
+    task.cfg = cfg.task
+    space = space_from_config(cfg)
     torch.manual_seed(cfg.seed)
-    run_dir = Path(run_dir) if run_dir else run_dir_of(cfg)
     ctx = RunContext(cfg, space, np.random.default_rng(cfg.seed), run_dir)
     # metrics are built, and the task's own checks run, before the run opens:
     # a bad combination leaves nothing behind
@@ -161,7 +192,13 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> Outcome:
     claim = claim_run_dir(run_dir, str(cfg.task.name))
     try:
         _save_hydra_files(cfg, run_dir)
-        with track_run(cfg, run_dir, task=str(cfg.task.name), groups=task.groups) as tracker:
+        with track_run(cfg, run_dir, task=str(cfg.task.name), groups=task.groups,
+                       params=task.params(ctx), tags=task.tags(ctx),
+                       description=command_and_overrides(cfg)[0]) as tracker:
+            if tracker.run_id:
+                log.info("MLflow run %s (experiment %s): %s%s", tracker.run_id, experiment_name(cfg, str(cfg.task.name)),
+                         tracker.url, "" if str(tracker.uri).startswith("http") else
+                         f" once `mlflow ui --backend-store-uri {tracker.uri}` serves the store")
             result = task.run(ctx, tracker)
             outcome = Outcome(task, result)
             if outcome.objective is not None:
@@ -203,7 +240,7 @@ def main_entry(cfg: DictConfig) -> float | None:
         if line is None:
             raise
         if fresh:
-            _remove_if_empty(run_dir)
+            remove_if_empty(run_dir)
         print(f"error: {line}", file=sys.stderr)
         if _in_multirun():
             raise  # let the sweep record this job as failed and go on
@@ -213,7 +250,7 @@ def main_entry(cfg: DictConfig) -> float | None:
     return outcome.objective
 
 
-def _remove_if_empty(run_dir: Path) -> None:
+def remove_if_empty(run_dir: Path) -> None:
     """Drop the run folder Hydra made for a run that failed before writing anything."""
     try:
         if _held_by_a_live_run(run_dir):

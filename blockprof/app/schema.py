@@ -293,6 +293,8 @@ class TrackingConfig:
     backend: str = "local"               # local | server | none
     uri: Optional[str] = None
     experiment: str = "blockprof"
+    # one MLflow experiment per task, `<experiment>/<task>` (each table shows that task's columns)
+    experiment_per_task: bool = True
     artifact_root: Optional[str] = None
     request_timeout_s: int = 5
     max_retries: int = 1

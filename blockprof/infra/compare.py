@@ -79,10 +79,11 @@ def _quote(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _search(client, exp_id: str, filter_string: str, order_by=None, limit: int | None = None) -> list:
+def _search(client, exp_ids, filter_string: str, order_by=None, limit: int | None = None) -> list:
     runs, token = [], None
+    exp_ids = [exp_ids] if isinstance(exp_ids, str) else list(exp_ids)
     while True:
-        page = client.search_runs([exp_id], filter_string=filter_string, max_results=limit or 1000,
+        page = client.search_runs(exp_ids, filter_string=filter_string, max_results=limit or 1000,
                                   order_by=order_by, page_token=token)
         runs.extend(page)
         token = page.token
@@ -90,27 +91,50 @@ def _search(client, exp_id: str, filter_string: str, order_by=None, limit: int |
             return runs
 
 
-def resolve_sweep(client, exp_id: str, sweep: str) -> str:
-    """The ``sweep`` tag value for a sweep folder (absolute path), ``latest``, or a tag value."""
+def _sweep_ids(client, sweep: str) -> list[str]:
+    """The ``sweep`` tag values a sweep folder may carry: relative to the output root (a local
+    store lives there; the current folder for a server's), and absolute (older runs)."""
+    path = Path(sweep).expanduser()
+    if not path.exists():
+        return [sweep]
+    path = path.resolve()
+    bases = [Path.cwd()]
+    uri = str(client.tracking_uri)
+    if uri.startswith("sqlite:///"):
+        bases.insert(0, Path(uri[len("sqlite:///"):]).resolve().parent)
+    out = [Path(os.path.relpath(path, base)).as_posix() for base in bases]
+    return [*dict.fromkeys(out), str(path)]
+
+
+def resolve_sweep(client, exp_ids: list[str], sweep: str) -> list[str]:
+    """The ``sweep`` tag values for a sweep folder, ``latest``, or a tag value."""
     if sweep == "latest":
-        runs = _search(client, exp_id, "tags.sweep != ''", order_by=["attributes.start_time DESC"], limit=1)
+        runs = _search(client, exp_ids, "tags.sweep != ''", order_by=["attributes.start_time DESC"], limit=1)
         if not runs:
             raise UserError("no sweep runs in this experiment (run a multirun: python run.py -m ...)")
-        return runs[0].data.tags["sweep"]
-    path = Path(sweep).expanduser()
-    return str(path.resolve()) if path.exists() else sweep
+        return [runs[0].data.tags["sweep"]]
+    return _sweep_ids(client, sweep)
 
 
 def sweep_runs(client, experiment: str, sweeps: list[str]) -> list:
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
+    """The runs of the sweeps, in the experiment ``experiment`` and its per-task ones
+    (``<experiment>/<task>``)."""
+    from blockprof.infra.tracking import experiment_names
+
+    exps = experiment_names(client, experiment)
+    if not exps:
         raise UserError(f"no MLflow experiment '{experiment}' in {client.tracking_uri}")
+    ids = [e.experiment_id for e in exps]
     runs = []
     for s in sweeps:
-        tag = resolve_sweep(client, exp.experiment_id, s)
-        found = _search(client, exp.experiment_id, f"tags.sweep = {_quote(tag)}")
+        tags = resolve_sweep(client, ids, s)
+        found = []
+        for tag in tags:
+            found = _search(client, ids, f"tags.sweep = {_quote(tag)}")
+            if found:
+                break
         if not found:
-            raise UserError(f"no runs tagged sweep={tag} in experiment '{experiment}' at {client.tracking_uri}"
+            raise UserError(f"no runs tagged sweep={tags[0]} in experiment '{experiment}' at {client.tracking_uri}"
                             " (if their tracking failed: python -m blockprof.sync <sweep folder>)")
         runs.extend(found)
     return runs

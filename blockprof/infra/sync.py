@@ -99,10 +99,14 @@ def upload(run_dir: Path, marker: dict, uri: str | None = None) -> tuple[str, di
             **{k: str(v) for k, v, _ in journal.get("tags", [])},
             "blockprof.synced": time.strftime("%Y-%m-%dT%H:%M:%S"), "blockprof.run_dir": str(run_dir)}
     if run_id is None:
+        if marker.get("description"):
+            tags.setdefault("mlflow.note.content", str(marker["description"]))
         run_id = client.create_run(exp_id, start_time=marker.get("start_ms"), run_name=marker.get("run_name"),
                                    tags=tags).info.run_id
     cfg_path = run_dir / "config.yaml"
-    params = flatten_config(OmegaConf.load(cfg_path)) if cfg_path.exists() else {}
+    # the params the run chose to log (what its task used); older folders: their whole config
+    params = dict(marker["params"]) if isinstance(marker.get("params"), dict) else (
+        flatten_config(OmegaConf.load(cfg_path)) if cfg_path.exists() else {})
     params.update({k: str(v) for k, v, _ in journal.get("params", [])})
     # MLflow refuses to change a param: log the ones it lacks, report those it holds otherwise
     held = client.get_run(run_id).data.params

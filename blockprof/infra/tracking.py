@@ -16,6 +16,7 @@ import errno
 import fcntl
 import functools
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from blockprof.common.errors import UserError
 from blockprof.common.fileio import atomic_write
 
+log = logging.getLogger(__name__)
 BACKENDS = ("local", "none", "server")
 MAX_PARAM_LEN = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 # Written to every run folder: whether the run reached MLflow, and a journal of what was
@@ -159,8 +161,6 @@ def _open_client(uri: str):
 
 def _quiet_store_logs() -> None:
     """MLflow logs its schema creation at INFO on stderr; keep user output clean."""
-    import logging
-
     for name in ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -185,8 +185,18 @@ def prepare_store(cfg: DictConfig) -> None:
         print(f"tracking: could not prepare MLflow store {uri} ({_reason(e)})", file=sys.stderr)
 
 
+SWEEP_COMMAND_ENV = "BLOCKPROF_SWEEP_COMMAND"  # the sweep's command line, for the parent run its jobs open
+SWEEP_INFO_ENV = "BLOCKPROF_SWEEP_INFO"  # the sweeper's kind and the swept values (JSON), for the same
+
+
 class PrepareStoreCallback(Callback):
-    """Hydra callback (``hydra.callbacks``): prepare the store before jobs start."""
+    """Hydra callback (``hydra.callbacks``): prepare the store before a sweep's jobs start,
+    hold the sweep folder while it runs (a killed sweep's parent run is then found dead) and
+    end the parent runs its jobs opened when it is over."""
+
+    def __init__(self) -> None:
+        self._sweep_lock: RunDirLock | None = None
+        self._sweep_dir: Path | None = None
 
     def _prepare(self, config: DictConfig) -> None:
         from hydra.core.hydra_config import HydraConfig
@@ -202,7 +212,40 @@ class PrepareStoreCallback(Callback):
     # the same moment are safe), after the config is validated: a user error must leave
     # nothing behind. Parallel jobs get it done once, up front.
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        import shlex
+
         self._prepare(config)
+        # jobs may run in other processes (joblib, submitit): they inherit the environment
+        prog = "python run.py" if sys.argv[0].endswith(".py") else "blockprof"
+        os.environ[SWEEP_COMMAND_ENV] = " ".join([prog, *(shlex.quote(a) for a in sys.argv[1:])])
+        try:
+            os.environ[SWEEP_INFO_ENV] = json.dumps(_sweeper_info(config.hydra), default=str)
+        except Exception:
+            os.environ.pop(SWEEP_INFO_ENV, None)
+        if _backend(config) == "none" or "hydra" not in config:
+            return
+        try:
+            self._sweep_dir = resolve_path(config.hydra.sweep.dir, config)
+            self._sweep_lock = claim_run_dir(self._sweep_dir, "sweep")
+        except Exception:  # holding the folder only helps find a killed sweep: never stop one for it
+            self._sweep_lock = None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        os.environ.pop(SWEEP_COMMAND_ENV, None)
+        os.environ.pop(SWEEP_INFO_ENV, None)
+        if self._sweep_dir is None:
+            return
+        try:
+            end_sweep_parents(self._sweep_dir, "FINISHED")
+        except Exception as e:
+            print(f"tracking: could not end the sweep's parent run ({_reason(e)})", file=sys.stderr)
+        if self._sweep_lock is not None:
+            self._sweep_lock.release()
+            self._sweep_lock = None
+        try:
+            self._sweep_dir.rmdir()  # only when every job left nothing (all refused)
+        except OSError:
+            pass
 
 
 # ---------------------------------------------------------------- small helpers
@@ -220,8 +263,9 @@ def git_commit() -> str:
 
 
 def flatten_config(cfg: DictConfig, groups: tuple[str, ...] | None = None) -> dict[str, str]:
-    """Resolved config (without ``hydra``) as {"a.b.c": str(value)} for MLflow params;
-    with ``groups``, only those groups, ``task`` and ``seed`` (what the task reads)."""
+    """Resolved config (without ``hydra`` and ``_target_`` class paths) as
+    {"a.b.c": str(value)} for MLflow params; with ``groups``, only those groups, ``task``
+    and ``seed``."""
     container = _container(cfg)
     if groups is not None:
         keep = {*groups, "task", "seed"}
@@ -231,6 +275,8 @@ def flatten_config(cfg: DictConfig, groups: tuple[str, ...] | None = None) -> di
     def walk(node: Any, prefix: str) -> None:
         if isinstance(node, dict) and node:
             for k, v in node.items():
+                if k == "_target_":  # a class path says nothing a user chose; the group's name does
+                    continue
                 walk(v, f"{prefix}.{k}" if prefix else str(k))
         else:
             flat[prefix] = str(node)[:MAX_PARAM_LEN]
@@ -248,18 +294,138 @@ def _container(cfg: DictConfig) -> dict:
     return c
 
 
-def _sweep_tags() -> dict[str, str]:
+def relative_to_root(path: str | os.PathLike, cfg: DictConfig) -> str:
+    """``path`` relative to ``paths.output_root``, as tags name folders: the same on every
+    machine that shares a store."""
+    # `..` when the folder lies beside the output root (hydra.sweep.dir elsewhere): still the
+    # same id wherever the tree is mounted, and what compare computes from the store's folder
+    return Path(os.path.relpath(resolve_path(path, cfg), resolve_output_root(cfg))).as_posix()
+
+
+def experiment_name(cfg: DictConfig, task: str) -> str:
+    """``<tracking.experiment>/<task>``: one MLflow experiment per task, so each task's runs
+    table has the columns of that task (``tracking.experiment_per_task=false``: one)."""
+    base = str(cfg.tracking.experiment)
+    return f"{base}/{task}" if cfg.tracking.get("experiment_per_task", False) else base
+
+
+def experiment_names(client, base: str) -> list:
+    """The experiments a blockprof store holds under the base name ``base``: ``base`` itself
+    and every ``base/<task>``."""
+    found = client.search_experiments(filter_string=f"name LIKE '{base.replace(chr(39), '')}/%'")
+    exact = client.get_experiment_by_name(base)
+    return ([exact] if exact is not None else []) + [e for e in found if e.name != base]
+
+
+def _stamp(ms: int) -> str:
+    return time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(ms / 1000))
+
+
+def run_name(cfg: DictConfig, task: str, start_ms: int) -> str:
+    """``<task>-<space>-<device>-<time>``; a sweep's job ``<task>-<space>-<device>-#<job>-<time>``
+    (its jobs start together: the job number tells them apart). What tells runs apart comes
+    first, where the UI's name column does not cut it."""
+    space = OmegaConf.select(cfg, "space.name", default=None) or "-"
+    device = OmegaConf.select(cfg, "device.name", default=None) or "-"
+    job = _sweep_tags(cfg).get("sweep_job")
+    return f"{task}-{space}-{device}-{'' if job is None else f'#{job}-'}{_stamp(start_ms)}"
+
+
+def command_line(cfg: DictConfig | None = None) -> str:
+    """The command that reruns this run: the program and the run's own overrides (a sweep's
+    job: its values, so the line reruns that one job)."""
+    import shlex
+
+    hc = _hydra_cfg(cfg)
+    if hc is None or OmegaConf.select(hc, "overrides.task", default=None) is None:
+        return "blockprof.run(cfg) (Python API)"
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    prog = "blockprof" if prog == "blockprof" else "python run.py"
+    return " ".join([prog, *(shlex.quote(o) for o in hc.overrides.task)])
+
+
+def _in_multirun(hc) -> bool:
     try:
-        from hydra.core.hydra_config import HydraConfig
         from hydra.types import RunMode
 
-        hc = HydraConfig.get()
-        if hc.mode != RunMode.MULTIRUN:
+        return hc.mode == RunMode.MULTIRUN
+    except Exception:
+        return False
+
+
+def _sweep_tags(cfg: DictConfig | None = None) -> dict[str, str]:
+    """A sweep job's tags: its sweep folder relative to the output root (the same id on every
+    machine), its job number and overrides; nothing for a single run."""
+    try:
+        hc = _hydra_cfg(cfg)
+        if hc is None or not _in_multirun(hc):
             return {}
-        return {"sweep": str(resolve_path(hc.sweep.dir)), "sweep_job": str(hc.job.num),
+        root_cfg = cfg if cfg is not None and "paths" in cfg else None
+        sweep = relative_to_root(hc.sweep.dir, root_cfg) if root_cfg is not None else str(hc.sweep.dir)
+        return {"sweep": sweep, "sweep_job": str(hc.job.num),
                 "overrides": ",".join(hc.overrides.task)[:MAX_PARAM_LEN]}
     except Exception:  # HydraConfig unset (tests, plain scripts)
         return {}
+
+
+# ---------------------------------------------------------------- MLflow's own output
+def file_logger(name: str = "blockprof.mlflow") -> "logging.Logger":
+    """``blockprof.mlflow``: MLflow's messages and warnings go to the run's log file
+    (run.log) only. They are MLflow's bookkeeping ("Successfully registered model",
+    type-hint warnings), not results, so the console stays for blockprof's own lines."""
+    import logging
+
+    lg = logging.getLogger(name)
+    lg.propagate = False
+    files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    lg.handlers = files or [logging.NullHandler()]
+    lg.setLevel(logging.INFO)
+    return lg
+
+
+class _LineLog:
+    """A text stream that turns each written line into a log record."""
+
+    def __init__(self, logger, level: int):
+        self.logger, self.level, self.buf = logger, level, ""
+
+    def write(self, text: str) -> int:
+        self.buf += text
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.log(self.level, line.rstrip())
+        return len(text)
+
+    def flush(self) -> None:
+        if self.buf.strip():
+            self.logger.log(self.level, self.buf.rstrip())
+        self.buf = ""
+
+
+@contextlib.contextmanager
+def mlflow_output_to_log():
+    """While MLflow runs: its prints (``eprint``), its ``mlflow`` logger and Python warnings
+    raised inside it go to run.log instead of the console."""
+    import logging
+    import warnings
+
+    lg = file_logger()
+    mlf = logging.getLogger("mlflow")
+    saved = (mlf.handlers, mlf.propagate)
+    mlf.handlers, mlf.propagate = lg.handlers, False
+    out, err = _LineLog(lg, logging.INFO), _LineLog(lg, logging.INFO)
+    try:
+        with warnings.catch_warnings(record=True) as caught, \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            warnings.simplefilter("default")
+            yield
+    finally:
+        out.flush()
+        err.flush()
+        mlf.handlers, mlf.propagate = saved
+        for w in caught:
+            lg.warning("%s: %s (%s:%s)", w.category.__name__, w.message, Path(w.filename).name, w.lineno)
 
 
 # ---------------------------------------------------------------- run folder ownership
@@ -364,16 +530,159 @@ def _previous_run(run_dir: Path, uri: str | None, experiment: str, task: str) ->
     return str(m["run_id"])
 
 
+# ---------------------------------------------------------------- sweeps' parent runs and dead runs
+PARENTS = ".mlflow_parents.json"  # in a sweep folder: the command line and the parent run per experiment
+
+
+def _lock_held(path: Path) -> bool | None:
+    """Whether a live process holds the flock on ``path``; None when there is no such file."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _parents_file(sweep_dir: Path):
+    """The sweep's parents record, read and rewritten under an exclusive lock (parallel jobs)."""
+    path = sweep_dir / PARENTS
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with open(path) as f:
+            text = f.read()
+        try:
+            rec = json.loads(text) if text.strip() else {}
+        except ValueError:
+            rec = {}
+        before = json.dumps(rec, sort_keys=True)
+        yield rec
+        if json.dumps(rec, sort_keys=True) != before:
+            atomic_write(path, lambda p: Path(p).write_text(json.dumps(rec, indent=1)))
+    finally:
+        os.close(fd)
+
+
+def _sweeper_info(hc) -> dict:
+    """(kind, parent name prefix, params) of the sweep's sweeper."""
+    sw = hc.sweeper
+    target = str(sw.get("_target_", ""))
+    if "optuna" in target.lower():
+        params = {f"sweeper.params.{k}": str(v) for k, v in (sw.get("params") or {}).items()}
+        params.update({f"sweeper.{k}": sw.get(k) for k in ("direction", "n_trials", "n_jobs", "study_name")
+                       if sw.get(k) is not None})
+        return {"kind": "optuna", "name": f"study-{sw.get('study_name') or 'optuna'}", "params": params}
+    params = {f"sweep.{o.split('=', 1)[0]}": o.split("=", 1)[1] for o in hc.overrides.task
+              if "=" in o and "," in o.split("=", 1)[1]}
+    return {"kind": "basic", "name": "sweep", "params": params}
+
+
+def sweep_parent(cfg: DictConfig, client, exp_id: str) -> str | None:
+    """The parent run of this sweep job's sweep in experiment ``exp_id`` (created by the first
+    job that needs it): one parent per Hydra sweep or Optuna study, its jobs nested under it.
+    None outside a sweep."""
+    hc = _hydra_cfg(cfg)
+    if hc is None or not _in_multirun(hc) or "paths" not in cfg:
+        return None
+    sweep_dir = resolve_path(hc.sweep.dir, cfg)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with _parents_file(sweep_dir) as rec:
+        parents = rec.setdefault("parents", {})
+        if exp_id in parents:
+            return parents[exp_id]
+        try:  # what the sweep's parent process saw: the sweep's own overrides, not this job's
+            info = json.loads(os.environ[SWEEP_INFO_ENV])
+        except (KeyError, ValueError):
+            info = _sweeper_info(hc)
+        start_ms = int(rec.get("start_ms") or time.time() * 1000)
+        task = str(OmegaConf.select(cfg, "task.name", default="run"))
+        space, device = OmegaConf.select(cfg, "space.name", default="-"), OmegaConf.select(cfg, "device.name", default="-")
+        tags = {"task": task, "space": str(space), "device": str(device), "git_commit": git_commit(),
+                # not `sweep`: filtering the runs table by a sweep lists its jobs flat, and
+                # compare's tables hold the jobs' results only
+                "sweep_parent": relative_to_root(sweep_dir, cfg), "sweep_kind": info["kind"],
+                "run_dir": relative_to_root(sweep_dir, cfg),
+                "mlflow.note.content": os.environ.get(SWEEP_COMMAND_ENV) or "python run.py -m ..."}
+        with mlflow_output_to_log():
+            run = client.create_run(exp_id, start_time=start_ms, tags=tags,
+                                    run_name=f"{info['name']}-{task}-{space}-{device}-{_stamp(start_ms)}")
+            if info["params"]:
+                from mlflow.entities import Param
+
+                client.log_batch(run.info.run_id, params=[Param(k, str(v)[:MAX_PARAM_LEN])
+                                                          for k, v in info["params"].items()])
+        parents[exp_id] = run.info.run_id
+        rec.setdefault("uri", _store(cfg)[0])
+        return run.info.run_id
+
+
+def end_sweep_parents(sweep_dir: Path, status: str = "FINISHED") -> None:
+    """End the parent runs a sweep's jobs opened, attaching Optuna's result file if any."""
+    from mlflow.tracking import MlflowClient
+
+    if not (sweep_dir / PARENTS).is_file():
+        return
+    with _parents_file(sweep_dir) as rec:
+        if not rec.get("parents") or not rec.get("uri"):
+            return
+        with mlflow_output_to_log():
+            client = MlflowClient(tracking_uri=rec["uri"])
+            for run_id in rec["parents"].values():
+                result = sweep_dir / "optimization_results.yaml"
+                if result.is_file():  # the study's best value and knobs
+                    client.log_artifact(run_id, str(result))
+                    try:
+                        best = OmegaConf.load(result).get("best_value")
+                        if best is not None:
+                            client.log_metric(run_id, "best_value", float(best))
+                    except Exception:
+                        pass
+                client.set_terminated(run_id, status=status)
+        rec["ended"] = status
+
+
+def mark_dead_runs_killed(client, exp_id: str, cfg: DictConfig, keep: str | None = None) -> list[str]:
+    """Runs of ``exp_id`` still RUNNING whose process is gone - their folder's run lock is
+    left and no one holds it (a killed run or sweep) - become KILLED. Folders not on this
+    machine are left alone: only a lock we can see says a run is dead."""
+    dead = []
+    if "paths" not in cfg:
+        return dead
+    for run in client.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'", max_results=200):
+        folder = run.data.tags.get("run_dir")
+        if run.info.run_id == keep or not folder:
+            continue
+        path = Path(folder) if Path(folder).is_absolute() else resolve_output_root(cfg) / folder
+        if _lock_held(path / RUN_LOCK) is False:
+            client.set_terminated(run.info.run_id, status="KILLED")
+            client.set_tag(run.info.run_id, "killed", f"its process ended without closing it; found by run {keep}")
+            dead.append(run.info.run_id)
+    if dead:
+        log.info("marked %d MLflow run(s) KILLED whose process had died: %s", len(dead), ", ".join(dead))
+    return dead
+
+
 # ---------------------------------------------------------------- the run
 class RunTracker:
     """One MLflow run scoped to a ``with`` block; see :func:`track_run`."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, task: str,
-                 tags: dict | None = None, nested: bool = False, groups: tuple[str, ...] | None = None):
+                 tags: dict | None = None, nested: bool = False, groups: tuple[str, ...] | None = None,
+                 params: dict | None = None, description: str | None = None):
         self.cfg, self.run_dir, self.task, self.groups = cfg, Path(run_dir), task, groups
-        self.extra_tags, self.nested = dict(tags or {}), nested
+        self.description = description
+        self.extra_tags, self.nested, self.params = dict(tags or {}), nested, params
         self.enabled = _backend(cfg) != "none"
         self._run_id: str | None = None
+        self._exp_id: str | None = None
+        self.uri: str | None = None
         self._mlflow = None
         self._lock: RunDirLock | None = None
         self._marker: dict = {"journal": {"params": [], "metrics": [], "tags": [], "artifacts": []}}
@@ -382,12 +691,22 @@ class RunTracker:
     def run_id(self) -> str | None:
         return self._run_id if self.enabled else None
 
+    @property
+    def url(self) -> str | None:
+        """Where the run's page is: the server's address, or the page ``mlflow ui`` serves
+        for a local store (at its default address)."""
+        if not self.run_id or self._exp_id is None:
+            return None
+        base = self.uri if str(self.uri).startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        return f"{base.rstrip('/')}/#/experiments/{self._exp_id}/runs/{self._run_id}"
+
     # -- MLflow calls go through here: a failure disables tracking, never the task
     def _call(self, fn, *args, **kwargs) -> Any:
         if not self.enabled:
             return None
         try:
-            return fn(self._mlflow, *args, **kwargs)
+            with mlflow_output_to_log():
+                return fn(self._mlflow, *args, **kwargs)
         except Exception as e:
             self._disable(e)
             return None
@@ -406,29 +725,33 @@ class RunTracker:
             pass
 
     def _tags(self) -> dict[str, str]:
+        """What was true for this run: task, space, device, commit, the run folder; the
+        caller adds what only it knows (the metrics it scores, the search strategy)."""
         c = self.cfg
         tags = {
             "task": self.task,
             "space": str(OmegaConf.select(c, "space.name", default="")),
             "device": str(OmegaConf.select(c, "device.name", default="")),
-            "metrics": ",".join(map(str, OmegaConf.select(c, "metric.names", default=[]) or [])),
             "git_commit": git_commit(),
+            "run_dir": relative_to_root(self.run_dir, c) if "paths" in c else str(self.run_dir),
         }
-        search = OmegaConf.select(c, "search.name", default=None)
-        if search is not None:
-            tags["search"] = str(search)
-        tags.update(_sweep_tags())
+        tags.update(_sweep_tags(c))
         tags.update({k: str(v) for k, v in self.extra_tags.items()})
         return tags
+
+    def _params(self) -> dict[str, str]:
+        raw = self.params if self.params is not None else flatten_config(self.cfg, self.groups)
+        return {k: str(v)[:MAX_PARAM_LEN] for k, v in raw.items()}
 
     def __enter__(self) -> RunTracker:
         # Config errors raise before anything is written: they are the user's to fix.
         uri, art = _store(self.cfg) if self.enabled else (None, None)
+        self.uri = uri
         _quiet_store_logs()
-        t = self.cfg.tracking
+        experiment = experiment_name(self.cfg, self.task)
         # Before anything is written: refuse a folder another live run or another task holds.
         self._lock = claim_run_dir(self.run_dir, self.task)
-        resume_id = _previous_run(self.run_dir, uri, str(t.experiment), self.task) if self.enabled else None
+        resume_id = _previous_run(self.run_dir, uri, experiment, self.task) if self.enabled else None
         try:
             cfg_yaml = OmegaConf.to_yaml(OmegaConf.create(_container(self.cfg)))
             cfg_path = atomic_write(self.run_dir / "config.yaml", lambda p: Path(p).write_text(cfg_yaml))
@@ -436,12 +759,16 @@ class RunTracker:
             self._release()
             raise UserError(f"cannot write in run folder {self.run_dir} ({e.strerror or e}); "
                             "set paths.output_root to a writable folder") from None
-        self._marker.update(backend=_backend(self.cfg), uri=uri, artifact_location=art, experiment=str(t.experiment),
-                            task=self.task, run_name=f"{self.task}-{self.run_dir.name}",
-                            start_ms=int(time.time() * 1000), tags=self._tags(), error=None)
+        start_ms = int(time.time() * 1000)
+        params = self._params()
+        self._marker.update(backend=_backend(self.cfg), uri=uri, artifact_location=art, experiment=experiment,
+                            task=self.task, run_name=run_name(self.cfg, self.task, start_ms),
+                            description=self.description or command_line(self.cfg), start_ms=start_ms, tags=self._tags(),
+                            params=params, error=None)
         if not self.enabled:
             self._write_marker("RUNNING")
             return self
+        t = self.cfg.tracking
         if _backend(self.cfg) == "server":  # MLflow defaults: 7 retries x 120 s (minutes per call)
             os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(t.get("request_timeout_s", 5))
             os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(t.get("max_retries", 1))
@@ -455,7 +782,10 @@ class RunTracker:
             while mlflow.active_run() is not None and not self.nested:
                 mlflow.end_run()
             client = _open_client(uri)
-            exp_id = _get_or_create_experiment(client, str(t.experiment), art)
+            active = mlflow.active_run() if self.nested else None
+            # a nested run lives in its parent's experiment (the UI nests runs within one)
+            exp_id = self._exp_id = (active.info.experiment_id if active is not None
+                                     else _get_or_create_experiment(client, experiment, art))
             run = None
             if resume_id is not None:  # a killed or failed run of this folder: continue its MLflow run
                 try:
@@ -465,11 +795,26 @@ class RunTracker:
                 except Exception:  # deleted meanwhile, another store: start a new one
                     run = None
             if run is None:
-                run = mlflow.start_run(experiment_id=exp_id, run_name=f"{self.task}-{self.run_dir.name}",
-                                       nested=self.nested, tags=self._tags())
+                parent = None
+                if not self.nested:
+                    try:
+                        parent = sweep_parent(self.cfg, client, exp_id)
+                    except Exception as e:  # the run matters more than its place in the tree
+                        log.warning("tracking: no parent run for this sweep job (%s)", _reason(e))
+                run = mlflow.start_run(experiment_id=exp_id, run_name=self._marker["run_name"],
+                                       nested=self.nested, parent_run_id=parent, tags=self._tags(),
+                                       description=self._marker["description"])
             self._run_id = run.info.run_id
-            mlflow.log_params(flatten_config(self.cfg, self.groups))
+            # a resumed run holds its params already (MLflow refuses to change one): add the new ones
+            held = client.get_run(self._run_id).data.params if resume_id is not None else {}
+            todo = {k: v for k, v in params.items() if k not in held}
+            if todo:
+                mlflow.log_params(todo)
             mlflow.log_artifact(str(cfg_path))
+            try:
+                mark_dead_runs_killed(client, exp_id, self.cfg, keep=self._run_id)
+            except Exception as e:  # housekeeping of other runs: never this run's failure
+                log.warning("tracking: could not check for dead runs (%s)", _reason(e))
 
         try:
             import mlflow
@@ -567,10 +912,13 @@ def _artifact_dir(name: str) -> str | None:
 
 
 def track_run(cfg: DictConfig, run_dir: Path, task: str, tags: dict | None = None,
-              nested: bool = False, groups: tuple[str, ...] | None = None) -> RunTracker:
-    """``with track_run(cfg, run_dir, "profile") as tr: tr.log_metrics(...)``; ``groups``:
-    the config groups the task reads (only those are logged as params)."""
-    return RunTracker(cfg, run_dir, task, tags=tags, nested=nested, groups=groups)
+              nested: bool = False, groups: tuple[str, ...] | None = None,
+              params: dict | None = None, description: str | None = None) -> RunTracker:
+    """``with track_run(cfg, run_dir, "profile") as tr: tr.log_metrics(...)``. ``params``:
+    what the task used, flat (``Task.params``); without it, the config groups in ``groups``
+    (all of them without that). ``tags`` add to task, space, device, commit and folder."""
+    return RunTracker(cfg, run_dir, task, tags=tags, nested=nested, groups=groups, params=params,
+                      description=description)
 
 
 def fetch_run_csv(cfg: DictConfig, run_id: str, name: str):

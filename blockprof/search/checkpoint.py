@@ -1,9 +1,10 @@
 """Crash-safe search checkpoints: an append-only journal plus a small state file.
 
-Each finished iteration appends one frame (the archs it scored, JSON, one line) to
-`journal.jsonl`, flushes it to disk, then atomically replaces `state.json` (the
-iteration, the generator's state, the strategy's state, the history and the
-journal's length in bytes). A run killed anywhere - mid-append, between the two
+Each finished iteration appends one frame (the archs it scored and the search's state
+after it, JSON, one line) to `journal.jsonl`, flushes it to disk, then atomically
+replaces `state.json` (the iteration, the generator's state, the strategy's state, the
+history and the journal's length in bytes). The per-frame states let a finished search
+continue to a larger budget from the last iteration the smaller budget did not touch. A run killed anywhere - mid-append, between the two
 writes, mid-replace - restarts from the last state file: journal bytes past its
 recorded length are cut off, so no evaluation is lost or counted twice.
 """
@@ -70,6 +71,16 @@ class Checkpoint:
         atomic_write_text(self.state_path, json.dumps(state), durable=self.durable)
         self.frames += 1
         return state
+
+    def rollback(self, keep: int, state: dict) -> None:
+        """Make the first `keep` frames the checkpoint, with `state` as its state (a search
+        continued to a larger budget redoes the iterations the smaller one cut short).
+        One atomic write: the state records the shorter journal, and `load` cuts the rest."""
+        with open(self.journal, "rb") as f:
+            size = sum(len(line) for line in f.read().splitlines(keepends=True)[:keep])
+        state = dict(state, format=FORMAT, journal_bytes=size, frames=keep)
+        atomic_write_text(self.state_path, json.dumps(state), durable=self.durable)
+        self.load()  # cuts the journal and sets the frame count
 
     def start_fresh(self) -> None:
         """Drop a stale journal left without a state file (killed during the first commit)."""

@@ -61,5 +61,13 @@ class EvaluateTask(Task):
     def validate(self, ctx) -> None:
         validate(ctx)
 
+    def params(self, ctx):
+        p = super().params(ctx)
+        t = self.cfg
+        p["task.num_archs"] = len(archs_to_score(ctx))  # from archs_csv: the archs it holds
+        if t.archs_csv:
+            p["task.archs_csv"] = str(resolve_path(t.archs_csv, ctx.cfg))
+        return p
+
     def run(self, ctx, tracker):
         return run(ctx, tracker)

@@ -40,10 +40,10 @@ from blockprof.common.fileio import atomic_write_text
 from blockprof.core.latency_csv import LatencyCSVWriter, read_latency_csv
 from blockprof.metrics.measured import engine_label, machine_info, make_timing_engine, timing_clock, timing_via
 from blockprof.metrics.timing import ChunkTimer, Protocol, reference_archs
-from blockprof.common.progress import progress
+from blockprof.common.progress import phase, progress
 from blockprof.core.space import Arch, DesignSpace
 from blockprof.infra.tracking import resolve_path
-from blockprof.app.task import Task
+from blockprof.app.task import Task, pick
 
 log = logging.getLogger(__name__)
 
@@ -156,14 +156,18 @@ def run(ctx, tracker):
                 rw.writerow([int(i), a.resolution, what] + [f"{x:.4f}" for x in row])
 
         timer = ChunkTimer(engine, proto, refs, saved_ref.get("baseline_ms"), rng, log_rounds)
-        timer.calibrate()
+        if refs and not saved_ref:  # a resumed CSV keeps its first session's baselines
+            with phase("measure: calibration", len(refs) * 3 * proto.rounds, "timed reference runs"):
+                timer.calibrate()
+        else:
+            timer.calibrate()
         if refs and not saved_ref:
             meta["reference"] = {"archs": [str(a) for a in refs], "baseline_ms": timer.baseline,
                                  "calibration_ms": timer.calibration_ms,
                                  "calibrated": time.strftime("%Y-%m-%dT%H:%M:%S")}
             _write_json(mpath, meta)
         factors = []
-        bar = progress(None, desc="measure", total=len(todo))
+        bar = progress(None, desc="measure", total=len(todo), unit="archs timed")
         for c in range(0, len(todo), proto.chunk_size):
             ids = todo[c:c + proto.chunk_size]
             vals, factor = timer([archs[i] for i in ids], ids, "measure")
@@ -214,10 +218,13 @@ def _retest(space, csv_path, proto, k, base_seed, timer: ChunkTimer) -> dict | N
     pick = sorted(rng.choice(len(recs), size=min(k, len(recs)), replace=False).tolist())
     chosen = [recs[i] for i in pick]
     again = []
-    for c in progress(range(0, len(chosen), proto.chunk_size), desc="retest"):
+    bar = progress(None, desc="measure: re-test", total=len(chosen), unit="archs timed again")
+    for c in range(0, len(chosen), proto.chunk_size):
         part = chosen[c:c + proto.chunk_size]
         vals, _ = timer([r.arch for r in part], [r.net_id for r in part], "retest")
         again.extend(vals)
+        bar.update(len(part))
+    bar.close()
     first = np.array([r.latency_ms for r in chosen])
     out = retest_noise(first, np.array(again))
     out["retest_ids"] = [r.net_id for r in chosen]
@@ -228,6 +235,18 @@ def _retest(space, csv_path, proto, k, base_seed, timer: ChunkTimer) -> dict | N
 class MeasureTask(Task):
     """Time archs on this machine into a seed-format latency CSV."""
     groups = ("space", "device")
+    # logged as protocol.* by the run (the values it timed with, after the device's defaults)
+    unlogged_task_keys = ("threads", "warmup", "rounds", "chunk_size", "stat", "clock", "references")
+
+    def params(self, ctx):
+        p = super().params(ctx)
+        cfg, t = ctx.cfg, self.cfg
+        p.update(pick(cfg.device.latency, "device.latency", ("engine", "hw")))
+        p["task.csv"] = str(resolve_path(t.csv or cfg.device.latency.get("csv") or "", cfg))
+        if t.get("archs_csv"):
+            p.pop("task.num_archs", None)  # the list's archs are timed, not num_archs samples
+            p["task.archs_csv"] = str(resolve_path(t.archs_csv, cfg))
+        return p
 
     def run(self, ctx, tracker):
         # a board or timing tool can fail on the first subnet (a wrong flag, a dropped link):

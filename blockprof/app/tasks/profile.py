@@ -81,7 +81,8 @@ def run(ctx, tracker):
     base = base_archs(ctx.space, cfg.seed, n, resolution=base_res)
     chunks = [groups[i:i + per_chunk] for i in range(0, len(groups), per_chunk)]
     frames, resumed = [], 0
-    for chunk in progress(chunks, desc="profiling", total=len(chunks)):
+    for chunk in progress(chunks, desc="profiling", total=len(chunks),
+                          unit=f"chunks of {per_chunk} slot group(s) x {n} archs"):
         archs = [group_archs(ctx.space, g, base, cfg.seed) for g in chunk]
         done = store.load(chunk[0].index, chunk, archs, metric_names)  # damaged: None, profiled again
         if done is not None:

@@ -308,6 +308,17 @@ class SearchTask(Task):
     def validate(self, ctx) -> None:
         self._prepared = prepare(ctx)
 
+    def params(self, ctx):
+        p = super().params(ctx)
+        p.update({f"space.hv_reference.{k}": v for k, v in (ctx.cfg.space.get("hv_reference") or {}).items()
+                  if v is not None})
+        if ctx.cfg.device.latency.get("hv_reference") is not None and "latency" in self.scored_metrics(ctx):
+            p["device.latency.hv_reference"] = ctx.cfg.device.latency.hv_reference
+        return p
+
+    def tags(self, ctx):
+        return {**super().tags(ctx), "search": str(ctx.cfg.search.name)}
+
     def run(self, ctx, tracker):
         return run(ctx, tracker, getattr(self, "_prepared", None))
 

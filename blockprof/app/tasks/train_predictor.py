@@ -153,9 +153,21 @@ def run(ctx, tracker):
 class TrainPredictorTask(Task):
     """Fit a latency predictor; its objective is the test MAPE."""
     groups = ("space", "device")
+    # the training hyperparameters are logged as train.* (with the model's defaults filled in)
+    unlogged_task_keys = ("split", "max_epochs", "patience", "batch_size", "lr", "weight_decay", "hidden",
+                          "layers", "ridge", "loss", "threads", "csv", "checkpoint", "model")
 
     def validate(self, ctx) -> None:
         validate(ctx)
+
+    def params(self, ctx):
+        p = super().params(ctx)
+        csv_path, ckpt_path, opts = _plan(ctx)
+        p.update({"task.csv": str(csv_path), "task.checkpoint": str(ckpt_path)})  # the model: train.model
+        for k in ("init_from",):
+            if self.cfg.get(k):
+                p[f"task.{k}"] = str(resolve_path(self.cfg[k], ctx.cfg))
+        return p
 
     def run(self, ctx, tracker):
         return run(ctx, tracker)
