@@ -465,9 +465,16 @@ class _SilentServer:
 KILL_PROFILE = ["task.num_archs=3", "task.chunk_archs=3"]  # one slot group per chunk: many chunks
 
 
+def _default_sigint() -> None:
+    # a suite started in the background (`nohup ... &`) ignores SIGINT, and a child inherits
+    # that: Ctrl-C must reach the CLI as it does from a terminal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _popen(args: list[str], cwd: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env},
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(pred: Callable[[], bool], proc: subprocess.Popen, timeout: float = 240) -> None:

@@ -33,8 +33,28 @@ def _omegaconf_line(exc: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key else msg
 
 
+def _yaml_error(exc: BaseException) -> str | None:
+    """A config file that is not YAML (a user's file under `--config-dir`, or an edited
+    packaged one): name the file and the place, which Hydra's report leaves out."""
+    import yaml
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, yaml.MarkedYAMLError):
+            mark = exc.problem_mark or exc.context_mark
+            where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+            what = "; ".join(str(p) for p in (exc.context, exc.problem) if p)
+            return f"cannot read config file {where}: {what}"
+        if isinstance(exc, yaml.YAMLError):
+            return f"cannot read a config file: {str(exc).strip().splitlines()[0]}"
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def one_line_user_error(exc: BaseException) -> str | None:
     """The one-line message for a user error, or None for a bug."""
+    yaml_line = _yaml_error(exc)
+    if yaml_line is not None:
+        return yaml_line
     if isinstance(exc, UserError):
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, MissingConfigException):
