@@ -168,6 +168,21 @@ def _refuse_deletions(args: list[str]) -> None:
                         f"set a value instead ({key}=<value>)")
 
 
+def _check_sweeper(args: list[str]) -> None:
+    """`hydra.sweeper.n_trials=0`: Optuna's sweeper would open the study (and the MLflow
+    store) and then fail with "No trials are completed yet"."""
+    from blockprof.common.errors import UserError
+    for a in args:
+        key, _, value = a.lstrip("+").partition("=")
+        if key == "hydra.sweeper.n_trials":
+            try:
+                ok = int(value) >= 1
+            except ValueError:
+                ok = False
+            if not ok:
+                raise UserError(f"hydra.sweeper.n_trials is the number of Optuna trials to run: at least 1, not {value!r}")
+
+
 def _quote_hint(line: str) -> str:
     """A hint for an override Hydra's grammar refused, when the shell is the likely cause: an
     unquoted space splits one override in two, and some characters need quotes."""
@@ -196,6 +211,7 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     try:
         _refuse_deletions(args)
+        _check_sweeper(args)
         if ("-sc" in args or "--shell-completion" in args) and any(a.startswith("query=") for a in args):
             _complete()
         else:
@@ -206,7 +222,7 @@ def main() -> None:
         print("error: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - sorted into user errors and bugs below
-        from blockprof.app.errors import one_line_user_error
+        from blockprof.app.errors import one_line_user_error, printable
         line = one_line_user_error(exc)
         if line is None and not _job_started and str(exc).strip():
             # raised while Hydra read the command line, before any job: the command line's fault
@@ -216,7 +232,7 @@ def main() -> None:
             line += f"; {hint}" if hint else ""
         if line is None:
             raise
-        print(f"error: {line}", file=sys.stderr)
+        print(f"error: {printable(line)}", file=sys.stderr)
         sys.exit(2)
     finally:
         os.environ.pop("HYDRA_FULL_ERROR", None)

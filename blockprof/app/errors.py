@@ -51,7 +51,18 @@ def _yaml_error(exc: BaseException) -> str | None:
 
 
 def one_line_user_error(exc: BaseException) -> str | None:
-    """The one-line message for a user error, or None for a bug."""
+    """The one-line message for a user error, or None for a bug. Control characters a
+    message quotes from a damaged file (a NUL byte in a CSV) are shown escaped, never sent
+    raw to the terminal."""
+    line = _one_line(exc)
+    return None if line is None else printable(line)
+
+
+def printable(line: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+
+
+def _one_line(exc: BaseException) -> str | None:
     yaml_line = _yaml_error(exc)
     if yaml_line is not None:
         return yaml_line

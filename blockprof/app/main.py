@@ -36,6 +36,10 @@ SPACE_APP_KEYS = ("hv_reference",)
 # files Hydra and logging put in every run folder: a folder holding only these is empty
 _NO_VALUE = {".hydra", "run.log", "config.yaml", "tracking.json", RUN_LOCK}
 MAX_EXPERIMENT_NAME = 256  # MLflow stores experiment names in a 256-character column
+# archs a task samples at once: their encodings alone take about 40 bytes each, so a
+# billion cannot fit in memory; 10 million is hours of scoring already
+MAX_ARCHS = 10_000_000
+THREAD_KEYS = ("task.threads", "device.latency.threads", "metric.accuracy.threads")
 
 
 @dataclass
@@ -105,6 +109,13 @@ def validate(cfg: DictConfig) -> None:
     if not name.strip() or len(name) > MAX_EXPERIMENT_NAME or not name.isprintable():
         raise UserError(f"tracking.experiment must be 1-{MAX_EXPERIMENT_NAME} printable characters "
                         f"(got {len(name)})")
+    n = cfg.task.get("num_archs")
+    if n is not None and int(n) > MAX_ARCHS:
+        raise UserError(f"task.num_archs must be at most {MAX_ARCHS:,}, not {n}")
+    for key in THREAD_KEYS:
+        threads = OmegaConf.select(cfg, key, default=None)
+        if threads is not None and int(threads) < 1:
+            raise UserError(f"{key} is a number of CPU threads: at least 1, not {threads}")
     check_writable(resolve_output_root(cfg), "paths.output_root")
     check_metric_config(cfg, cfg.space.name, notify=False)
 
@@ -138,13 +149,19 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> Outcome:
     space = space_from_config(cfg)
     task = build_task(cfg)
     torch.manual_seed(cfg.seed)
+    made_here = run_dir is None
     run_dir = Path(run_dir) if run_dir else run_dir_of(cfg)
     ctx = RunContext(cfg, space, np.random.default_rng(cfg.seed), run_dir)
     # metrics are built, and the task's own checks run, before the run opens:
     # a bad combination leaves nothing behind
-    if task.needs_metrics:
-        ctx.metrics
-    task.validate(ctx)
+    try:
+        if task.needs_metrics:
+            ctx.metrics
+        task.validate(ctx)
+    except BaseException:
+        if made_here:
+            _remove_unused(run_dir, resolve_output_root(cfg))
+        raise
     # only now is the folder taken (refused when another live run or another task's run
     # holds it) and written to
     claim = claim_run_dir(run_dir, str(cfg.task.name))
@@ -200,6 +217,18 @@ def main_entry(cfg: DictConfig) -> float | None:
     if outcome.objective is not None:
         log.info("objective %s = %.6g", cfg.task.objective, outcome.objective)
     return outcome.objective
+
+
+def _remove_unused(run_dir: Path, root: Path) -> None:
+    """Drop a folder `run_dir_of` made for a run that was refused before it used it (the
+    Python API's runs), and the folders above it, up to the output root, left empty."""
+    folder = run_dir
+    try:
+        while folder != root and root in folder.parents and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            folder = folder.parent
+    except OSError:
+        pass
 
 
 def _remove_if_empty(run_dir: Path) -> None:

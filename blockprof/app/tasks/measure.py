@@ -75,7 +75,9 @@ def rounds_path(csv_path: Path) -> Path:
     return csv_path.with_name(csv_path.name + ".rounds.csv")
 
 
-def run(ctx, tracker):
+def _checked(ctx):
+    """Everything measure needs from the user's input, checked without writing anything
+    (`validate` runs it before the run opens; `run` again for its values)."""
     cfg, space = ctx.cfg, ctx.space
     t, lat = cfg.task, cfg.device.latency
     hw = lat.get("hw")
@@ -110,12 +112,27 @@ def run(ctx, tracker):
     else:
         archs = sample_archs(space, base_seed, n, t.get("resolution"))
 
+    # a CSV of another space or sample; a last line torn by a kill is repaired by the writer
+    # in `run`, so only a whole file is read here
+    if csv_path.is_file() and csv_path.stat().st_size > 0 and csv_path.read_bytes().endswith(b"\n"):
+        _check_existing(read_latency_csv(csv_path, space), archs, n, csv_path, cfg.seed)
+    return t, lat, hw, engine_name, proto, n, csv_path, meta, base_seed, archs
+
+
+def _check_existing(rows, archs, n, csv_path, seed) -> None:
+    for rec in rows:
+        if rec.net_id < n and rec.arch != archs[rec.net_id]:
+            raise UserError(f"{csv_path}: net_id {rec.net_id} is {rec.arch} but seed {seed} samples "
+                            f"{archs[rec.net_id]} there; it was measured from another sample - resume with the "
+                            "same seed or use another task.csv")
+
+
+def run(ctx, tracker):
+    cfg, space = ctx.cfg, ctx.space
+    t, lat, hw, engine_name, proto, n, csv_path, meta, base_seed, archs = _checked(ctx)
     writer = LatencyCSVWriter(csv_path, space)
-    existing = {r.net_id: r for r in read_latency_csv(csv_path, space)} if writer.done_ids else {}
-    for i, rec in existing.items():
-        if i < n and rec.arch != archs[i]:
-            raise UserError(f"{csv_path}: net_id {i} is {rec.arch} but seed {cfg.seed} samples {archs[i]} there; "
-                            "it was measured from another sample - resume with the same seed or use another task.csv")
+    if writer.done_ids:
+        _check_existing(read_latency_csv(csv_path, space), archs, n, csv_path, cfg.seed)
     todo = [i for i in range(n) if i not in writer.done_ids]
     engine = make_engine(engine_name, space, hw=proto.hw, threads=proto.threads, clock=proto.clock,
                          batch_size=proto.batch_size, cache_dir=resolve_path(lat.get("cache_dir") or
@@ -226,6 +243,9 @@ def _retest(space, csv_path, proto, k, base_seed, timer: ChunkTimer) -> dict | N
 class MeasureTask(Task):
     """Time archs on this machine into a seed-format latency CSV."""
     groups = ("space", "device")
+
+    def validate(self, ctx):
+        _checked(ctx)
 
     def run(self, ctx, tracker):
         return run(ctx, tracker)

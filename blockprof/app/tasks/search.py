@@ -134,7 +134,18 @@ def prepare(ctx) -> Prepared:
     strategy = cls(scfg, mutator, evaluator, ctx.rng)
     runner = SearchRunner(strategy, ckpt, ctx.rng, fingerprint(cfg, profile.to_dict(family_ops(space))))
     runner.check_resumable()
+    if strategy.constrained and not ckpt.exists():
+        _check_feasible(cls, scfg, mutator, ctx.metrics, cost)
     return Prepared(cls, scfg, cost, work, ckpt, profile, strategy, runner)
+
+
+def _check_feasible(cls, scfg, mutator, metrics, cost: str) -> None:
+    """A constraint no arch meets (`search.constraint.latency=1`) is found here, before the
+    run opens, by a probe with its own evaluator and generator (so the search itself draws
+    exactly what it would without the probe). Cost checks are cheap; a feasible constraint
+    is usually met by the first batch."""
+    probe = cls(scfg, mutator, Evaluator(metrics, cost), np.random.default_rng(0))
+    probe.sample_feasible(1)
 
 
 def _fill_hv_reference(cfg, scfg, cost: str) -> None:

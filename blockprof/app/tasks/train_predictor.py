@@ -58,6 +58,35 @@ def validate(ctx) -> None:
     recs = read_latency_csv(csv_path, ctx.space, device=str(ctx.cfg.device.name),
                             device_filter=_device_filter(ctx.cfg))
     split_indices(len(recs), np.random.default_rng(int(ctx.cfg.seed)), opts.split)
+    if ctx.cfg.task.get("init_from"):
+        _check_init_from(resolve_path(ctx.cfg.task.init_from, ctx.cfg), ctx.space, opts)
+
+
+def _check_init_from(path, space, opts) -> None:
+    """The checkpoint to fine-tune from is there, readable, of this space and of the
+    requested model: found before the run opens, and named as task.init_from."""
+    import math
+
+    import torch
+
+    from blockprof.predictors.train import check_init, load_checkpoint
+    if not path.is_file():
+        raise UserError(f"task.init_from {path} does not exist (give a checkpoint written by task=train_predictor)")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - load_checkpoint below words the refusal
+        ck = None
+    sp = ck.get("space") if isinstance(ck, dict) else None
+    width = float(getattr(space, "width_mult", 0.0) or 0.0)
+    if isinstance(sp, dict) and (sp.get("name") != space.name
+                                 or not math.isclose(float(sp.get("width_mult") or 0.0), width)):
+        raise UserError(f"task.init_from {path} was trained for space {sp.get('name')} (width {sp.get('width_mult')}), "
+                        f"not {space.name} (width {width}): fine-tune from a predictor of space {space.name}")
+    try:
+        init, _ = load_checkpoint(path, space)
+    except UserError as exc:
+        raise UserError(f"task.init_from: {exc}") from None
+    check_init(init, opts)
 
 
 def run(ctx, tracker):
