@@ -781,6 +781,9 @@ CASES: list[Case] = [
     Case("csv-utf16", "csv", TRAIN, "lat.csv",
          setup=write("lat.csv", "net_id,net_str,device,resolution,lat unit,end-to-end lat\n".encode("utf-16"))),
     Case("csv-nul", "csv", TRAIN, "lat.csv", setup=_csv_rows("npu.csv", lambda ls: ls[:3] + ["1\x00,2"] + ls[3:])),
+    # quoted back in the message: shown escaped, never sent raw to the terminal
+    Case("csv-nul-in-arch", "csv", TRAIN, "mbcon\\x00\\x1b[31mv3_e3_k5",
+         setup=_csv_rows("npu.csv", _row(4, 1, "mbcon\x00\x1b[31mv3_e3_k5"))),
     Case("csv-header-only", "csv", TRAIN, "at least 3", setup=_csv_rows("npu.csv", lambda ls: ls[:1])),
     Case("csv-two-rows", "csv", TRAIN, "at least 3", setup=_csv_rows("npu.csv", lambda ls: ls[:3])),
     Case("csv-wrong-header", "csv", TRAIN, "header lacks", setup=_csv_rows("npu.csv", lambda ls: ["a,b,c,d,e,f"] + ls[1:])),
