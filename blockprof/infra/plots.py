@@ -244,11 +244,13 @@ def block_heatmaps(summary: pd.DataFrame, value_col: str, title: str, cbar_label
     # room above the plot area: the figure title, the panel titles (and notes), the bar's high end
     top = 0.42 + 0.2 * (1 + any(notes.get(k) for k in panels)) + (0.18 if ends else 0.0)
     bottom += 0.2 if ends else 0.0
-    panel_w = ax_w + cbar_gap + cbar_w + cbar_room
-    title_w = max([GLYPHS.width(title, 10)] + [max(GLYPHS.width(notes.get(k, ""), 8), GLYPHS.width(f"resolution {k}", 9))
-                                                 - ax_w for k in panels]) + 0.4
-    fig_w = max(left + len(panels) * panel_w + (len(panels) - 1) * gap + 0.1, title_w)
+    # a panel's heading (resolution, baseline note) may be wider than its grid: the panel widens
+    head_w = max(max(GLYPHS.width(notes.get(k, ""), 8), GLYPHS.width(f"resolution {k}", 9)) for k in panels)
+    panel_w = max(ax_w + cbar_gap + cbar_w + cbar_room, head_w + 0.1)
+    fig_w = max(left + len(panels) * panel_w + (len(panels) - 1) * gap + 0.1, GLYPHS.width(title, 10) + 0.4)
     fig_h = bottom + bar_h + top
+    # whole pixels, so the saved PNG is exactly the figure's size
+    fig_w, fig_h = math.ceil(fig_w * dpi) / dpi, math.ceil(fig_h * dpi) / dpi
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     FigureCanvasAgg(fig)
     text = TextLayer(fig)
@@ -278,12 +280,13 @@ def block_heatmaps(summary: pd.DataFrame, value_col: str, title: str, cbar_label
                       LABEL_FONT, ["black"] * len(blocks), ha="right", va="center", rotation=60)
         plot_top = bottom + bar_h
         head_y = plot_top + 0.1 + (0.18 if ends else 0.0)
+        head_x = x0 + max(ax_w, head_w) / 2  # centred on the grid, or wholly right of x0 when wider
         if notes.get(key):
-            text.add(notes[key], (x0 + ax_w / 2, head_y), fig.dpi_scale_trans, 8, color="0.25", ha="center",
+            text.add(notes[key], (head_x, head_y), fig.dpi_scale_trans, 8, color="0.25", ha="center",
                      va="baseline")
             head_y += 0.2
         text.add(f"resolution {key}" if key != "any" else "resolution sampled",
-                 (x0 + ax_w / 2, head_y), fig.dpi_scale_trans, 9, ha="center", va="baseline")
+                 (head_x, head_y), fig.dpi_scale_trans, 9, ha="center", va="baseline")
         # colour bar: a gradient image, tick marks and labels
         bx = x0 + ax_w + cbar_gap
         _image(fig, np.linspace(lo, hi, 256)[::-1, None], (bx, bottom, cbar_w, bar_h), cmap, norm, "bilinear")
