@@ -1090,22 +1090,66 @@ def test_bad_input(case: Case, kit, tmp_path):
             silent.close()
         if "_cleanup" in values:
             values["_cleanup"]()
-    assert "Traceback" not in res.err + res.out, res.err[-3000:]
-    assert "\x00" not in res.err, "a NUL byte echoed raw"
-    if case.expect == "error":
-        assert res.rc == 2, f"exit {res.rc}: {res.err[-3000:]}"
-        assert len(res.error_lines) == 1, res.err[-3000:]
-        assert _fmt(case.needle, values) in res.error_lines[0], res.error_lines[0]
-        assert_nothing_left(before, after, lambda rel: case.allow(rel) or rel.startswith("no_seed_data"))
-        assert mlflow_runs(tmp_path / "out") == runs_before
-    else:
-        assert res.rc == 0, f"exit {res.rc}: {res.err[-3000:]}"
-        assert not res.error_lines, res.err[-3000:]
-        if case.verify:
-            case.verify(tmp_path, res, values)
-        assert elapsed < 120
-        # nothing is left RUNNING in the store
-        assert all(s != "RUNNING" for _, s in mlflow_runs(tmp_path / "out"))
+    stage = "traceback"  # what a failing assertion below means, for the battery's table
+    try:
+        assert "Traceback" not in res.err + res.out, res.err[-3000:]
+        stage = "wrong"
+        assert "\x00" not in res.err, "a NUL byte echoed raw"
+        if case.expect == "error":
+            stage = "silent" if res.rc == 0 else "wrong"
+            assert res.rc == 2, f"exit {res.rc}: {res.err[-3000:]}"
+            stage = "wrong"
+            assert len(res.error_lines) == 1, res.err[-3000:]
+            assert _fmt(case.needle, values) in res.error_lines[0], res.error_lines[0]
+            stage = "leftover"
+            assert_nothing_left(before, after, lambda rel: case.allow(rel) or rel.startswith("no_seed_data"))
+            assert mlflow_runs(tmp_path / "out") == runs_before
+        else:
+            assert res.rc == 0, f"exit {res.rc}: {res.err[-3000:]}"
+            assert not res.error_lines, res.err[-3000:]
+            if case.verify:
+                case.verify(tmp_path, res, values)
+            assert elapsed < 120
+            # nothing is left RUNNING in the store
+            stage = "leftover"
+            assert all(s != "RUNNING" for _, s in mlflow_runs(tmp_path / "out"))
+    except AssertionError:
+        TABLE.append((case.category, stage))
+        raise
+    TABLE.append((case.category, {"error": "clean"}.get(case.expect, case.expect)))
+
+
+# (category, outcome) of every case run in this session: clean | recovered | ok, or what
+# went wrong (traceback | silent | leftover | wrong)
+TABLE: list[tuple[str, str]] = []
+_COLUMNS = ("tried", "clean", "recovered", "ok", "traceback", "silent", "leftover", "wrong")
+
+
+def battery_table(rows: list[tuple[str, str]]) -> str:
+    """The outcomes by category: clean (refused in one line, nothing left), recovered, ok,
+    and the failures by kind."""
+    cats = sorted({c for c, _ in rows})
+    lines = [f"{'category':<12}" + "".join(f"{c:>10}" for c in _COLUMNS)]
+    for cat in [*cats, "all"]:
+        got = [o for c, o in rows if cat in (c, "all")]
+        counts = {"tried": len(got), **{k: got.count(k) for k in _COLUMNS[1:]}}
+        lines.append(f"{cat:<12}" + "".join(f"{counts[k]:>10}" for k in _COLUMNS))
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_table(request):
+    """After the module: the table in pytest's report and, with
+    BLOCKPROF_BATTERY_TABLE=<file>, in that file."""
+    yield
+    if not TABLE:
+        return
+    table = battery_table(TABLE)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\n\nbad-input battery\n" + table, flush=True)
+    if os.environ.get("BLOCKPROF_BATTERY_TABLE"):
+        Path(os.environ["BLOCKPROF_BATTERY_TABLE"]).write_text(table + "\n")
 
 
 def test_battery_size():

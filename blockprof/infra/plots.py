@@ -243,7 +243,9 @@ def block_heatmaps(summary: pd.DataFrame, value_col: str, title: str, cbar_label
     bar_h = max(ax_h, GLYPHS.width(cbar_label, 10) + 0.15)
     # room above the plot area: the figure title, the panel titles (and notes), the bar's high end
     top = 0.42 + 0.2 * (1 + any(notes.get(k) for k in panels)) + (0.18 if ends else 0.0)
-    bottom += 0.2 if ends else 0.0
+    # the column labels hang under the grid, which hangs from the top of a bar that may be
+    # taller: only what they need below the bar is kept, and room for the bar's low end word
+    bottom = max(bottom - (bar_h - ax_h), 0.1) + (0.2 if ends else 0.0)
     # a panel's heading (resolution, baseline note) may be wider than its grid: the panel widens
     head_w = max(max(GLYPHS.width(notes.get(k, ""), 8), GLYPHS.width(f"resolution {k}", 9)) for k in panels)
     panel_w = max(ax_w + cbar_gap + cbar_w + cbar_room, head_w + 0.1)
