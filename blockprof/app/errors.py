@@ -63,11 +63,11 @@ def printable(line: str) -> str:
 
 
 def _one_line(exc: BaseException) -> str | None:
+    if isinstance(exc, UserError):  # blockprof's own words first (an insight file's YAML, ...)
+        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     yaml_line = _yaml_error(exc)
     if yaml_line is not None:
         return yaml_line
-    if isinstance(exc, UserError):
-        return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, MissingConfigException):
         text = str(exc)
         found, options = _NOT_FOUND.search(text), _OPTIONS.search(text)
