@@ -116,7 +116,7 @@ def _checked(ctx):
     # in `run`, so only a whole file is read here
     if csv_path.is_file() and csv_path.stat().st_size > 0 and csv_path.read_bytes().endswith(b"\n"):
         _check_existing(read_latency_csv(csv_path, space), archs, n, csv_path, cfg.seed)
-    return t, lat, hw, engine_name, proto, n, csv_path, meta, base_seed, archs
+    return t, lat, hw, engine_name, proto, n, csv_path, mpath, meta, base_seed, archs
 
 
 def _check_existing(rows, archs, n, csv_path, seed) -> None:
@@ -129,7 +129,7 @@ def _check_existing(rows, archs, n, csv_path, seed) -> None:
 
 def run(ctx, tracker):
     cfg, space = ctx.cfg, ctx.space
-    t, lat, hw, engine_name, proto, n, csv_path, meta, base_seed, archs = _checked(ctx)
+    t, lat, hw, engine_name, proto, n, csv_path, mpath, meta, base_seed, archs = _checked(ctx)
     writer = LatencyCSVWriter(csv_path, space)
     if writer.done_ids:
         _check_existing(read_latency_csv(csv_path, space), archs, n, csv_path, cfg.seed)
