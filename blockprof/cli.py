@@ -23,8 +23,6 @@ from omegaconf import OmegaConf
 
 from blockprof.app.schema import register
 
-register()
-
 # `--help`: the groups a user chooses from, in this order (not the internal schema/* groups;
 # insight files are read by the search, not chosen as a group)
 USER_GROUPS = {
@@ -201,11 +199,13 @@ def main() -> None:
     global _job_started
     _job_started = False
     args = sys.argv[1:]
+    if ("--help" in args or "-h" in args) and "--hydra-help" not in args and not os.environ.get("HYDRA_FULL_ERROR"):
+        _print_help(args)
+        return
+    # the schemas (each strategy's among them, which imports pandas): not needed for --help
+    register()
     if os.environ.get("HYDRA_FULL_ERROR"):
         _hydra_main()
-        return
-    if ("--help" in args or "-h" in args) and "--hydra-help" not in args:
-        _print_help(args)
         return
     # let Hydra's errors reach us instead of its multi-line report
     os.environ["HYDRA_FULL_ERROR"] = "1"
