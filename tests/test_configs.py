@@ -95,9 +95,11 @@ def test_help_lists_the_groups_users_choose_fast(tmp_path):
     (hydra/launcher among them; not the schema/* groups or insight), examples; and it is
     quick (Hydra's own rendering composes every group option: about 10 s)."""
     import time
-    t0 = time.monotonic()
-    res = run_cli(["--help"], cwd=tmp_path)
-    took = time.monotonic() - t0
+    took = []
+    for _ in range(3):  # the best of 3: a loaded machine slows any one start
+        t0 = time.monotonic()
+        res = run_cli(["--help"], cwd=tmp_path)
+        took.append(time.monotonic() - t0)
     assert res.returncode == 0, res.stderr
     out = res.stdout
     assert out.startswith("blockprof: profile neural blocks") and "powered by Hydra" not in out
@@ -106,7 +108,7 @@ def test_help_lists_the_groups_users_choose_fast(tmp_path):
     assert "*mbv3" in out and "*basic, parallel, processes, slurm" in out  # defaults marked
     assert "schema" not in out and "insight" not in out and "joblib" not in out
     assert "Examples:" in out and "range's end is excluded" in out
-    assert took < 3.0, took  # a fresh interpreter included
+    assert min(took) < 3.0, took  # a fresh interpreter included
 
 
 def _complete(tmp_path, line: str) -> list[str]:
