@@ -119,12 +119,16 @@ def _print_help(args: list[str]) -> None:
     node = OmegaConf.load(dirs[0] / "hydra" / "help" / "blockprof.yaml")
     template = OmegaConf.create({"hydra": {"help": node}}).hydra.help.template  # resolves its ${hydra.help.*}
     defaults = _defaults(dirs[0])
-    print(string.Template(str(template)).substitute(
+    text = string.Template(str(template)).substitute(
         APP_CONFIG_GROUPS=_group_lines(USER_GROUPS, dirs, defaults, {}),
         HYDRA_CONFIG_GROUPS=_group_lines(HYDRA_GROUPS, dirs, defaults, {"hydra/launcher": ["basic"]}),
         FLAGS_HELP=Hydra.format_args_help(get_args_parser()),
         CONFIG="(python run.py --cfg job [overrides])",
-    ))
+    )
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `blockprof --help | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 # ------------------------------------------------------------------ completion
