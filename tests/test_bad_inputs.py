@@ -466,9 +466,16 @@ class _SilentServer:
 KILL_PROFILE = ["task.num_archs=3", "task.chunk_archs=3"]  # one slot group per chunk: many chunks
 
 
+def _default_sigint() -> None:
+    # a suite started in the background (`nohup ... &`) ignores SIGINT, and a child inherits
+    # that: Ctrl-C must reach the CLI as it does from a terminal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _popen(args: list[str], cwd: Path, env: dict) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=cwd, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **env},
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(pred: Callable[[], bool], proc: subprocess.Popen, timeout: float = 240) -> None:
@@ -610,6 +617,97 @@ def _held_folder(tmp, kit, values):
     return Result(0, "", "")
 
 
+# ---------------------------------------------------------------- found before the run opens
+SEARCH_MIN = ["task=search", "search.budget=30", "search.plot=false"]  # every strategy has these keys
+
+
+def _pn_csv_and(ckpt_name: str | None, damage: Callable[[Path], None] | None = None):
+    """A ProxylessNAS latency CSV (and a copy of a kit checkpoint, maybe damaged)."""
+    def setup(tmp, kit):
+        from blockprof.core.latency_csv import write_latency_csv
+        from blockprof.core.registry import build_space
+        archs = build_space("pn").sample(np.random.default_rng(2), 30)
+        csv = write_latency_csv(tmp / "pn.csv", [(i, a, "npu", 1.0 + 0.01 * i) for i, a in enumerate(archs)])
+        out = {"file": csv}
+        if ckpt_name:
+            shutil.copy(kit / ckpt_name, tmp / "init.pt")
+            if damage:
+                damage(tmp / "init.pt")
+            out["ckpt"] = tmp / "init.pt"
+        return out
+    return setup
+
+
+def _kit_csv_and_ckpt(damage: Callable[[Path], None] | None):
+    def setup(tmp, kit):
+        shutil.copy(kit / "npu.csv", tmp / "lat.csv")
+        shutil.copy(kit / "npu_linear.pt", tmp / "init.pt")
+        if damage:
+            damage(tmp / "init.pt")
+        return {"file": tmp / "lat.csv", "ckpt": tmp / "init.pt"}
+    return setup
+
+
+def _empty_dirs(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_dir() and not any(p.iterdir()))
+
+
+def _api_refused(tmp, kit, values):
+    """`blockprof.run(compose([...]))` refused by a task's own check: no folder left."""
+    import blockprof
+    from blockprof.common.errors import UserError
+    before = _empty_dirs(tmp)
+    try:
+        blockprof.run(blockprof.compose(["task.num_archs=0", "tracking=none", f"paths.output_root={tmp / 'out'}"]))
+    except UserError as e:
+        res = Result(2, "", f"error: {e}\n")
+    else:
+        res = Result(0, "", "")
+    runs = tmp / "out" / "runs"
+    assert not runs.exists() or not any(runs.rglob("*")), sorted(map(str, runs.rglob("*")))
+    assert _empty_dirs(tmp) == before or _empty_dirs(tmp) == sorted({*before, "out"})
+    return res
+
+
+def _mirror_missing_table(tmp, kit, values):
+    """A mirror that lacks one lookup table: the download fails (no network) and the cache
+    folder it would have gone to is not left behind, empty."""
+    mirror = tmp / "mirror"
+    shutil.copytree(Path(os.environ["BLOCKPROF_ASSET_MIRROR"]), mirror)
+    (mirror / "ofa" / "note10" / "224_lookup_table.yaml").unlink()
+    env = {**_env(tmp), "BLOCKPROF_ASSET_MIRROR": str(mirror)}
+    res = cli([*TINY, f"paths.output_root={tmp / 'out'}"], tmp, env)
+    cache = tmp / "cache"
+    assert not cache.exists() or not _empty_dirs(cache), _empty_dirs(cache)
+    return res
+
+
+def _export_held(tmp, kit, values):
+    """Another export holds the task.out_dir (its lock, taken by the real export code in a
+    process of its own): this one is refused, and writes nothing there."""
+    out = tmp / "exports"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from blockprof.app.tasks.export import _lock_out_dir
+        _lock_out_dir(Path({str(out)!r}))
+        print("held", flush=True)
+        time.sleep(300)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(tmp)
+        res = cli(["task=export", "task.num_archs=1", f"task.out_dir={out}", f"paths.output_root={tmp / 'out'}"],
+                  tmp, _env(tmp))
+        after = snapshot(tmp)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_nothing_left(before, after, lambda rel: False)
+    assert sorted(p.name for p in out.iterdir()) == [".export.lock"]
+    return res
+
+
 CASES: list[Case] = [
     # ------------------------------------------------------------------ configs
     Case("space-unknown", "config", ["space=mbv3x"], "unknown space 'mbv3x'"),
@@ -684,6 +782,9 @@ CASES: list[Case] = [
     Case("csv-utf16", "csv", TRAIN, "lat.csv",
          setup=write("lat.csv", "net_id,net_str,device,resolution,lat unit,end-to-end lat\n".encode("utf-16"))),
     Case("csv-nul", "csv", TRAIN, "lat.csv", setup=_csv_rows("npu.csv", lambda ls: ls[:3] + ["1\x00,2"] + ls[3:])),
+    # quoted back in the message: shown escaped, never sent raw to the terminal
+    Case("csv-nul-in-arch", "csv", TRAIN, "mbcon\\x00\\x1b[31mv3_e3_k5",
+         setup=_csv_rows("npu.csv", _row(4, 1, "mbcon\x00\x1b[31mv3_e3_k5"))),
     Case("csv-header-only", "csv", TRAIN, "at least 3", setup=_csv_rows("npu.csv", lambda ls: ls[:1])),
     Case("csv-two-rows", "csv", TRAIN, "at least 3", setup=_csv_rows("npu.csv", lambda ls: ls[:3])),
     # the seed reads six fields by position, whatever the header's names (other names: a warning, not a refusal)
@@ -860,6 +961,56 @@ CASES: list[Case] = [
          env={"MLFLOW_TRACKING_URI": "http://127.0.0.1:{port}"},
          verify=lambda tmp, res, v: _untracked_but_kept(tmp, res, t_max=60)),
     Case("server-bad-scheme", "server", [*TINY, "tracking=server", "tracking.uri=ftp://nowhere"], "ftp://nowhere"),
+    # ------------------------------------------------------------------ found before the run opens
+    *[Case(f"num-archs-huge-{task}", "config", [f"task={task}", "task.num_archs=1000000000"],
+           "task.num_archs must be at most 10,000,000") for task in ("profile", "evaluate", "export")],
+    Case("num-archs-overflow", "config", ["task.num_archs=99999999999999999999999"],
+         "task.num_archs must be at most 10,000,000"),
+    Case("bands-limits-empty", "config", [*SEARCH, "search=bands", "search.cost_limits.latency=[]"],
+         "search.cost_limits.latency must be a non-empty list of positive numbers"),
+    Case("bands-limits-negative", "config", [*SEARCH, "search=bands", "search.cost_limits.latency=[-5,10]"],
+         "search.cost_limits.latency must be a non-empty list of positive numbers"),
+    Case("cost-limits-text", "config", [*SEARCH, "search.cost_limits.latency=abc"], "search.cost_limits.latency"),
+    *[Case(f"constraint-unmeetable-{s}", "config", [*SEARCH_MIN, f"search={s}", "search.constraint.latency=1",
+                                                      "search.init_max_checks=3000"],
+           "no arch of the search space meets latency <= 1") for s in ("evolution", "rm_cons_acc")],
+    Case("constraint-text", "config", [*SEARCH_MIN, "search=rm_cons_acc", "search.constraint.latency=abc"],
+         "search.constraint.latency must be a positive number"),
+    Case("measure-lut-device", "config", ["task=measure", "device=note10"], "device 'note10' is not local"),
+    Case("measure-other-space-csv", "csv", ["task=measure", "space=pn", "device=local_cpu", "task.num_archs=2",
+                                            "task.csv={file}"], "lat.csv:2", setup=copy_kit("npu.csv", dest="lat.csv")),
+    *[Case(f"measure-threads-{name}", "config", ["task=measure", "device=ort_cpu", f"task.threads={n}",
+                                                 "task.clock=wall", "task.num_archs=2"],
+           "task.threads is a number of CPU threads") for name, n in (("zero", 0), ("negative", -1))],
+    Case("metric-threads-zero", "config", ["device=local_cpu", "device.latency.threads=0", "task.num_archs=2"],
+         "device.latency.threads is a number of CPU threads"),
+    Case("merge-missing-input", "config", ["task=merge_profile", "task.inputs=[{tmp}/no_such_run]"],
+         "is not a finished profile run"),
+    Case("export-out-dir-file", "filesystem", ["task=export", "task.num_archs=1", "task.out_dir={file}"],
+         "is a file, not a folder", setup=write("a_file", "x")),
+    Case("export-out-dir-unwritable", "filesystem", ["task=export", "task.num_archs=1",
+                                                     "task.out_dir=/proc/blockprof_export"], "is not writable"),
+    Case("export-out-dir-locked", "concurrent", [], "in use by another export", runner=_export_held,
+         allow=lambda rel: rel.startswith("exports/")),
+    Case("init-from-missing", "checkpoint", [*TRAIN, "task.init_from={tmp}/nope.pt"],
+         "task.init_from", setup=_kit_csv_and_ckpt(None)),
+    Case("init-from-truncated", "checkpoint", [*TRAIN, "task.model=gnn", "task.init_from={ckpt}"],
+         "task.init_from: cannot read latency predictor checkpoint", setup=_kit_csv_and_ckpt(_truncate(0.5))),
+    Case("init-from-other-space", "checkpoint", ["task=train_predictor", "space=pn", "device=npu", "task.csv={file}",
+                                                 "task.model=linear", "task.checkpoint=ckpt/out.pt",
+                                                 "task.init_from={ckpt}"],
+         "task.init_from", setup=_pn_csv_and("npu_linear.pt")),
+    Case("delete-key", "config", ["~seed"], "cannot delete 'seed'"),
+    Case("delete-group", "config", ["~space"], "cannot delete 'space'"),
+    Case("config-dir-broken-yaml", "config", ["--config-dir", "{tmp}/myconf", "device=bad"], "myconf/device/bad.yaml",
+         setup=write("myconf/device/bad.yaml", "name: bad\nlatency: {source: lut, table\n")),
+    Case("unquoted-space", "config", ["task.num_archs=2", "hello"], "quote a value that holds spaces"),
+    Case("shell-characters", "config", ["task.name=a;b"], "quote the value"),
+    Case("optuna-no-trials", "config", ["-m", "hparams_search=rm_pareto_hv", "hydra.sweeper.n_trials=0"],
+         "hydra.sweeper.n_trials"),
+    Case("api-run-refused", "config", [], "task.num_archs must be >= 1", runner=_api_refused),
+    Case("asset-mirror-lacks-table", "asset", [], "download failed", runner=_mirror_missing_table,
+         allow=lambda rel: rel.startswith("mirror/")),
     # ------------------------------------------------------------------ kills, interrupts, races
     Case("profile-sigkill", "kill", [], expect="recovered", slow=True,
          setup=lambda tmp, kit: {"kit": kit},
@@ -941,21 +1092,66 @@ def test_bad_input(case: Case, kit, tmp_path):
             silent.close()
         if "_cleanup" in values:
             values["_cleanup"]()
-    assert "Traceback" not in res.err + res.out, res.err[-3000:]
-    if case.expect == "error":
-        assert res.rc == 2, f"exit {res.rc}: {res.err[-3000:]}"
-        assert len(res.error_lines) == 1, res.err[-3000:]
-        assert _fmt(case.needle, values) in res.error_lines[0], res.error_lines[0]
-        assert_nothing_left(before, after, lambda rel: case.allow(rel) or rel.startswith("no_seed_data"))
-        assert mlflow_runs(tmp_path / "out") == runs_before
-    else:
-        assert res.rc == 0, f"exit {res.rc}: {res.err[-3000:]}"
-        assert not res.error_lines, res.err[-3000:]
-        if case.verify:
-            case.verify(tmp_path, res, values)
-        assert elapsed < 120
-        # nothing is left RUNNING in the store
-        assert all(s != "RUNNING" for _, s in mlflow_runs(tmp_path / "out"))
+    stage = "traceback"  # what a failing assertion below means, for the battery's table
+    try:
+        assert "Traceback" not in res.err + res.out, res.err[-3000:]
+        stage = "wrong"
+        assert "\x00" not in res.err, "a NUL byte echoed raw"
+        if case.expect == "error":
+            stage = "silent" if res.rc == 0 else "wrong"
+            assert res.rc == 2, f"exit {res.rc}: {res.err[-3000:]}"
+            stage = "wrong"
+            assert len(res.error_lines) == 1, res.err[-3000:]
+            assert _fmt(case.needle, values) in res.error_lines[0], res.error_lines[0]
+            stage = "leftover"
+            assert_nothing_left(before, after, lambda rel: case.allow(rel) or rel.startswith("no_seed_data"))
+            assert mlflow_runs(tmp_path / "out") == runs_before
+        else:
+            assert res.rc == 0, f"exit {res.rc}: {res.err[-3000:]}"
+            assert not res.error_lines, res.err[-3000:]
+            if case.verify:
+                case.verify(tmp_path, res, values)
+            assert elapsed < 120
+            # nothing is left RUNNING in the store
+            stage = "leftover"
+            assert all(s != "RUNNING" for _, s in mlflow_runs(tmp_path / "out"))
+    except AssertionError:
+        TABLE.append((case.category, stage))
+        raise
+    TABLE.append((case.category, {"error": "clean"}.get(case.expect, case.expect)))
+
+
+# (category, outcome) of every case run in this session: clean | recovered | ok, or what
+# went wrong (traceback | silent | leftover | wrong)
+TABLE: list[tuple[str, str]] = []
+_COLUMNS = ("tried", "clean", "recovered", "ok", "traceback", "silent", "leftover", "wrong")
+
+
+def battery_table(rows: list[tuple[str, str]]) -> str:
+    """The outcomes by category: clean (refused in one line, nothing left), recovered, ok,
+    and the failures by kind."""
+    cats = sorted({c for c, _ in rows})
+    lines = [f"{'category':<12}" + "".join(f"{c:>10}" for c in _COLUMNS)]
+    for cat in [*cats, "all"]:
+        got = [o for c, o in rows if cat in (c, "all")]
+        counts = {"tried": len(got), **{k: got.count(k) for k in _COLUMNS[1:]}}
+        lines.append(f"{cat:<12}" + "".join(f"{counts[k]:>10}" for k in _COLUMNS))
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_table(request):
+    """After the module: the table in pytest's report and, with
+    BLOCKPROF_BATTERY_TABLE=<file>, in that file."""
+    yield
+    if not TABLE:
+        return
+    table = battery_table(TABLE)
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        print("\n\nbad-input battery\n" + table, flush=True)
+    if os.environ.get("BLOCKPROF_BATTERY_TABLE"):
+        Path(os.environ["BLOCKPROF_BATTERY_TABLE"]).write_text(table + "\n")
 
 
 def test_battery_size():

@@ -91,6 +91,57 @@ def test_completion_lists_group_options(tmp_path):
     assert "device=note10" in res.stdout and "device=npu" in res.stdout
 
 
+def test_help_lists_the_groups_users_choose_fast(tmp_path):
+    """`--help` is the hydra/help template: what blockprof does, the groups a user chooses
+    (hydra/launcher among them; not the schema/* groups or insight), examples; and it is
+    quick (Hydra's own rendering composes every group option: about 10 s)."""
+    import time
+    took = []
+    for _ in range(3):  # the best of 3: a loaded machine slows any one start
+        t0 = time.monotonic()
+        res = run_cli(["--help"], cwd=tmp_path)
+        took.append(time.monotonic() - t0)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    assert out.startswith("blockprof: profile neural blocks") and "powered by Hydra" not in out
+    for group in (*GROUPS, "hydra/launcher"):
+        assert f"\n  {group} " in out, group
+    assert "*mbv3" in out and "*basic, parallel, processes, slurm" in out  # defaults marked
+    assert "schema" not in out and "insight" not in out and "joblib" not in out
+    assert "Examples:" in out and "range's end is excluded" in out
+    assert min(took) < 3.0, took  # a fresh interpreter included
+
+
+def _complete(tmp_path, line: str) -> list[str]:
+    res = run_cli(["-sc", "query=bash"], cwd=tmp_path, env={"COMP_LINE": line, "COMP_POINT": str(len(line))})
+    assert res.returncode == 0, res.stderr
+    return res.stdout.split()
+
+
+def test_completion_offers_user_facing_keys_only(tmp_path):
+    top = _complete(tmp_path, "python run.py ")
+    assert {"space=", "task.", "seed=", "hparams_search="} <= set(top)
+    assert not [w for w in top if w.startswith(("schema", "insight"))]
+    search = _complete(tmp_path, "python run.py task=search search.")
+    assert "search.budget=" in search and not [w for w in search if "_target_" in w or w == "search.name="]
+    launchers = _complete(tmp_path, "python run.py hydra/launcher=")
+    assert sorted(launchers) == ["hydra/launcher=basic", "hydra/launcher=parallel", "hydra/launcher=processes",
+                                 "hydra/launcher=slurm"]
+
+
+def test_deletion_overrides(tmp_path):
+    """`~key` of a key the run reads is refused in one line (not Hydra's "Error executing
+    job" and then a contradicting message); `~debug` removes an optional preset."""
+    res = run_cli(["~seed", f"paths.output_root={tmp_path}/out"], cwd=tmp_path)
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert res.returncode == 2 and lines == [
+        "error: cannot delete 'seed' (~seed): every key has a default that the run reads; set a value instead "
+        "(seed=<value>)"], res.stderr
+    assert not (tmp_path / "out").exists()
+    res = run_cli(["--cfg", "job", "debug=tiny", "~debug"], cwd=tmp_path)
+    assert res.returncode == 0 and "num_archs: 50" in res.stdout, res.stderr
+
+
 def test_each_default_is_written_once():
     """Task and search YAML files hold only what differs from their schema's defaults."""
     import yaml

@@ -243,7 +243,7 @@ def test_heatmap_writes_every_value_and_label_and_centres_the_diff_map(tmp_path)
     fig = plots.block_heatmaps(df, "v", "toy: mean v - baseline", "v diff [ms]", diverging=True)
     (text,) = [a for a in fig.artists if isinstance(a, PathCollection)]
     values = [f"{v:.3g}" for v in df["v"].dropna()]
-    for s in values + ["U0 L0", "U1 L1", "MB3_e3_k3", "MB3_e6_k7", "toy: mean v - baseline", "v diff [ms]"]:
+    for s in values + ["U0 L0", "U1 L1", "mbconv3_e3_k3", "mbconv3_e6_k7", "toy: mean v - baseline", "v diff [ms]"]:
         assert s in text.strings
     assert len(text.get_paths()) == len(text.strings) and len(text.get_offsets()) == len(text.strings)
     heat = [a for a in fig.artists if isinstance(a, BboxImage)][0]

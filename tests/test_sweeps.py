@@ -191,3 +191,13 @@ def test_slurm_launcher_config_exposes_the_documented_knobs():
     for name, target in (("parallel", "JoblibLauncher"), ("processes", "LocalLauncher")):
         c = _compose_with_hydra([f"hydra/launcher={name}"])
         assert c.hydra.launcher._target_.endswith(target)
+
+
+def test_seed_sweep_folders_name_the_seed(tmp_path):
+    """`'seed=range(0,2)'`: range's end is excluded (two jobs), and each job's folder says
+    which seed it ran, next to the other swept keys."""
+    r = run_cli(["-m", "seed=range(0,2)", "task.num_archs=3", "debug=one_slot", "tracking=none",
+                 f"paths.output_root={tmp_path / 'out'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir() and p.name[0].isdigit())
+    assert jobs == ["0-profile-mbv3-note10-seed-0+task.num_archs-3", "1-profile-mbv3-note10-seed-1+task.num_archs-3"]

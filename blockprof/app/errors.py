@@ -33,10 +33,41 @@ def _omegaconf_line(exc: OmegaConfBaseException) -> str:
     return f"{key}: {msg}" if key else msg
 
 
+def _yaml_error(exc: BaseException) -> str | None:
+    """A config file that is not YAML (a user's file under `--config-dir`, or an edited
+    packaged one): name the file and the place, which Hydra's report leaves out."""
+    import yaml
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, yaml.MarkedYAMLError):
+            mark = exc.problem_mark or exc.context_mark
+            where = f"{mark.name}, line {mark.line + 1}, column {mark.column + 1}" if mark else "a config file"
+            what = "; ".join(str(p) for p in (exc.context, exc.problem) if p)
+            return f"cannot read config file {where}: {what}"
+        if isinstance(exc, yaml.YAMLError):
+            return f"cannot read a config file: {str(exc).strip().splitlines()[0]}"
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 def one_line_user_error(exc: BaseException) -> str | None:
-    """The one-line message for a user error, or None for a bug."""
-    if isinstance(exc, UserError):
+    """The one-line message for a user error, or None for a bug. Control characters a
+    message quotes from a damaged file (a NUL byte in a CSV) are shown escaped, never sent
+    raw to the terminal."""
+    line = _one_line(exc)
+    return None if line is None else printable(line)
+
+
+def printable(line: str) -> str:
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+
+
+def _one_line(exc: BaseException) -> str | None:
+    if isinstance(exc, UserError):  # blockprof's own words first (an insight file's YAML, ...)
         return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    yaml_line = _yaml_error(exc)
+    if yaml_line is not None:
+        return yaml_line
     if isinstance(exc, MissingConfigException):
         text = str(exc)
         found, options = _NOT_FOUND.search(text), _OPTIONS.search(text)

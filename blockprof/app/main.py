@@ -37,6 +37,10 @@ SPACE_APP_KEYS = ("hv_reference",)
 # files Hydra and logging put in every run folder: a folder holding only these is empty
 _NO_VALUE = {".hydra", "run.log", "config.yaml", "tracking.json", RUN_LOCK}
 MAX_EXPERIMENT_NAME = 256  # MLflow stores experiment names in a 256-character column
+# archs a task samples at once: their encodings alone take about 40 bytes each, so a
+# billion cannot fit in memory; 10 million is hours of scoring already
+MAX_ARCHS = 10_000_000
+THREAD_KEYS = ("task.threads", "device.latency.threads", "metric.accuracy.threads")
 
 
 @dataclass
@@ -107,6 +111,13 @@ def validate(cfg: DictConfig) -> None:
     if not str(cfg.tracking.experiment).strip() or len(name) > MAX_EXPERIMENT_NAME or not name.isprintable():
         raise UserError(f"tracking.experiment must be 1-{MAX_EXPERIMENT_NAME} printable characters "
                         f"(got {len(name)})")
+    n = cfg.task.get("num_archs")
+    if n is not None and int(n) > MAX_ARCHS:
+        raise UserError(f"task.num_archs must be at most {MAX_ARCHS:,}, not {n}")
+    for key in THREAD_KEYS:
+        threads = OmegaConf.select(cfg, key, default=None)
+        if threads is not None and int(threads) < 1:
+            raise UserError(f"{key} is a number of CPU threads: at least 1, not {threads}")
     check_writable(resolve_output_root(cfg), "paths.output_root")
     check_metric_config(cfg, cfg.space.name, notify=False)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import logging
 import os
 import tempfile
@@ -75,8 +76,16 @@ def _verify(path: Path, asset: Asset, origin: str) -> Path:
 
 def _download(asset: Asset, dest: Path) -> None:
     """Fetch ``asset.url`` into ``dest`` atomically; only a verified file lands there."""
+    # the cache folders this call makes, deepest first: removed again if the download fails,
+    # so a missing asset leaves no empty folders behind
+    made = list(itertools.takewhile(lambda p: not p.exists(), [dest.parent, *dest.parent.parents]))
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    done = False
+    try:
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+    except OSError:
+        _remove_empty(made)
+        raise
     try:
         h = hashlib.sha256()
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(asset.url, timeout=DOWNLOAD_TIMEOUT_S) as r:
@@ -89,9 +98,20 @@ def _download(asset: Asset, dest: Path) -> None:
                 f"(expected sha256 {asset.sha256}); try again or place the file by hand at {dest}"
             )
         os.replace(tmp, dest)
+        done = True
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if not done:
+            _remove_empty(made)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for p in folders:
+        try:
+            p.rmdir()
+        except OSError:
+            break
 
 
 def resolve_asset(relpath: str, explicit_path: str | None = None, cache_dir: str | None = None) -> Path:

@@ -169,14 +169,33 @@ def _colorbar_ticks(lo: float, hi: float) -> tuple[np.ndarray, list[str], str]:
     return vals, [fmt(v) for v in vals], fmt.get_offset()
 
 
+def block_label(block: str) -> str:
+    """A block's name in figures: its token as written in arch strings, insight files and
+    summary.csv (`mbconv3_e6_k7`: MBConv, expansion 6, kernel 7), never an abbreviation."""
+    return str(block)
+
+
+def metric_label(cfg, name: str) -> str:
+    """A metric's name in figures: accuracy says where it comes from."""
+    if name == "accuracy":
+        source = str(cfg.metric.accuracy.get("source", "predictor"))
+        return "accuracy (predicted)" if source == "predictor" else "accuracy (supernet, ImageNet)"
+    return name
+
+
 def block_heatmaps(summary: pd.DataFrame, value_col: str, title: str, cbar_label: str,
-                   diverging: bool = False, dpi: int = HEATMAP_DPI):
+                   diverging: bool = False, dpi: int = HEATMAP_DPI, higher_is_better: bool | None = None,
+                   ends: tuple[str, str] | None = None, panel_notes: dict[str, str] | None = None):
     """Rows = unit-layer, columns = block; one panel per fixed resolution (the paper's figure).
 
     `summary` holds single-slot groups with columns unit, layer, block, resolution, value_col.
     Every cell is annotated with its value (3 significant digits); a diverging map
-    is centred at 0 and symmetric. The layout is fixed: save with :func:`save_png`
-    (no tight bounding box needed).
+    is centred at 0 and symmetric, and red is the worse side: positive values are red
+    unless `higher_is_better`. `ends` = (low end, high end) words written at the colour
+    bar's ends ("faster", "slower"); `panel_notes` adds a line under a panel's title (its
+    baseline). The bar is at least as tall as its label, and the figure as wide as its
+    title, so nothing is cut however few cells there are. The layout is fixed: save with
+    :func:`save_png` (no tight bounding box needed).
     """
     res = summary["resolution"].to_numpy(dtype=float)
     keys = np.where(np.isnan(res), "any", np.nan_to_num(res).astype(np.int64).astype(str))
@@ -195,7 +214,7 @@ def block_heatmaps(summary: pd.DataFrame, value_col: str, title: str, cbar_label
     if diverging and not (vmax > 0 and math.isfinite(vmax)):
         vmax = 1.0  # all zero: any symmetric range keeps 0 in the middle
 
-    xlabels = [b.replace("mbconv", "MB").replace("bneck_", "") for b in blocks]
+    xlabels = [block_label(b) for b in blocks]
     ylabels = [f"U{u} L{l}" for u, l in rows]
     sin60 = math.sin(math.radians(60))
     left = 0.2 + max(GLYPHS.width(s, LABEL_FONT) for s in ylabels)
@@ -215,16 +234,31 @@ def block_heatmaps(summary: pd.DataFrame, value_col: str, title: str, cbar_label
                 lo, hi = lo - 0.5 * max(abs(lo), 1e-12), hi + 0.5 * max(abs(hi), 1e-12)
         specs.append((key, grid, lo, hi, *_colorbar_ticks(lo, hi)))
     tick_w = max((GLYPHS.width(s, TICK_FONT) for sp in specs for s in sp[5]), default=0.0)
-    top, cbar_gap, cbar_w, gap = 0.62, 0.1, 0.16, 0.35
-    cbar_room = 0.16 + tick_w + 0.1 + 0.2
+    notes = panel_notes or {}
+    cbar_gap, cbar_w, gap = 0.1, 0.16, 0.35
+    end_w = max((GLYPHS.width(e, TICK_FONT) for e in ends), default=0.0) if ends else 0.0
+    cbar_room = max(0.16 + tick_w + 0.1 + 0.2, end_w - cbar_w + 0.1)
     ax_w, ax_h = CELL_W * len(blocks), CELL_H * len(rows)
-    panel_w = ax_w + cbar_gap + cbar_w + cbar_room
+    # the colour bar (and so the plot area's height) is at least as tall as its rotated label
+    bar_h = max(ax_h, GLYPHS.width(cbar_label, 10) + 0.15)
+    # room above the plot area: the figure title, the panel titles (and notes), the bar's high end
+    top = 0.42 + 0.2 * (1 + any(notes.get(k) for k in panels)) + (0.18 if ends else 0.0)
+    # the column labels hang under the grid, which hangs from the top of a bar that may be
+    # taller: only what they need below the bar is kept, and room for the bar's low end word
+    bottom = max(bottom - (bar_h - ax_h), 0.1) + (0.2 if ends else 0.0)
+    # a panel's heading (resolution, baseline note) may be wider than its grid: the panel widens
+    head_w = max(max(GLYPHS.width(notes.get(k, ""), 8), GLYPHS.width(f"resolution {k}", 9)) for k in panels)
+    panel_w = max(ax_w + cbar_gap + cbar_w + cbar_room, head_w + 0.1)
     fig_w = max(left + len(panels) * panel_w + (len(panels) - 1) * gap + 0.1, GLYPHS.width(title, 10) + 0.4)
-    fig_h = bottom + ax_h + top
+    fig_h = bottom + bar_h + top
+    # whole pixels, so the saved PNG is exactly the figure's size
+    fig_w, fig_h = math.ceil(fig_w * dpi) / dpi, math.ceil(fig_h * dpi) / dpi
     fig = Figure(figsize=(fig_w, fig_h), dpi=dpi)
     FigureCanvasAgg(fig)
     text = TextLayer(fig)
-    cmap = colormaps["RdBu_r" if diverging else "viridis"]
+    # diverging: red is the worse side (RdBu_r: positive red; RdBu: negative red)
+    cmap = colormaps[("RdBu" if higher_is_better else "RdBu_r") if diverging else "viridis"]
+    grid_bottom = bottom + bar_h - ax_h  # the grid hangs from the top of the plot area
     ticks, frames = [], []
     cx = np.arange(len(blocks))
     ry = np.arange(len(rows))
@@ -232,35 +266,47 @@ def block_heatmaps(summary: pd.DataFrame, value_col: str, title: str, cbar_label
         x0 = left + p * (panel_w + gap)
         norm = Normalize(lo, hi)
         # images placed in inches, no Axes: nothing here needs data coordinates or tick machinery
-        _image(fig, grid, (x0, bottom, ax_w, ax_h), cmap, norm, "nearest")
-        frames.append((x0, bottom, ax_w, ax_h))
+        _image(fig, grid, (x0, grid_bottom, ax_w, ax_h), cmap, norm, "nearest")
+        frames.append((x0, grid_bottom, ax_w, ax_h))
         # cell values, in the cell's contrasting colour
         i, j = np.nonzero(np.isfinite(grid))
         colors = _text_colors(cmap, norm, grid)[i, j]
-        cell_xy = np.column_stack([x0 + (j + 0.5) * CELL_W, bottom + ax_h - (i + 0.5) * CELL_H])
+        cell_xy = np.column_stack([x0 + (j + 0.5) * CELL_W, grid_bottom + ax_h - (i + 0.5) * CELL_H])
         text.add_many([f"{v:.3g}" for v in grid[i, j]], cell_xy, CELL_FONT, colors)
         # row labels left of the rows, column labels under the columns (rotated 60 degrees)
-        text.add_many(ylabels, np.column_stack([np.full(len(rows), x0 - 0.06), bottom + ax_h - (ry + 0.5) * CELL_H]),
+        text.add_many(ylabels, np.column_stack([np.full(len(rows), x0 - 0.06),
+                                                grid_bottom + ax_h - (ry + 0.5) * CELL_H]),
                       LABEL_FONT, ["black"] * len(rows), ha="right")
-        text.add_many(xlabels, np.column_stack([x0 + (cx + 0.5) * CELL_W + 0.03, np.full(len(blocks), bottom - 0.06)]),
+        text.add_many(xlabels, np.column_stack([x0 + (cx + 0.5) * CELL_W + 0.03,
+                                                np.full(len(blocks), grid_bottom - 0.06)]),
                       LABEL_FONT, ["black"] * len(blocks), ha="right", va="center", rotation=60)
+        plot_top = bottom + bar_h
+        head_y = plot_top + 0.1 + (0.18 if ends else 0.0)
+        head_x = x0 + max(ax_w, head_w) / 2  # centred on the grid, or wholly right of x0 when wider
+        if notes.get(key):
+            text.add(notes[key], (head_x, head_y), fig.dpi_scale_trans, 8, color="0.25", ha="center",
+                     va="baseline")
+            head_y += 0.2
         text.add(f"resolution {key}" if key != "any" else "resolution sampled",
-                 (x0 + ax_w / 2, bottom + ax_h + 0.1), fig.dpi_scale_trans, 9, ha="center", va="baseline")
+                 (head_x, head_y), fig.dpi_scale_trans, 9, ha="center", va="baseline")
         # colour bar: a gradient image, tick marks and labels
-        _image(fig, np.linspace(lo, hi, 256)[::-1, None], (x0 + ax_w + cbar_gap, bottom, cbar_w, ax_h), cmap, norm,
-               "bilinear")
-        frames.append((x0 + ax_w + cbar_gap, bottom, cbar_w, ax_h))
-        ty = bottom + (vals - lo) / (hi - lo) * ax_h
-        cx1 = x0 + ax_w + cbar_gap + cbar_w
+        bx = x0 + ax_w + cbar_gap
+        _image(fig, np.linspace(lo, hi, 256)[::-1, None], (bx, bottom, cbar_w, bar_h), cmap, norm, "bilinear")
+        frames.append((bx, bottom, cbar_w, bar_h))
+        ty = bottom + (vals - lo) / (hi - lo) * bar_h
+        cx1 = bx + cbar_w
         ticks += [[(cx1, y), (cx1 + 0.05, y)] for y in ty]
         text.add_many(labels, np.column_stack([np.full(len(vals), cx1 + 0.08), ty]), TICK_FONT,
                       ["black"] * len(vals), ha="left")
         label_x = cx1 + 0.16 + tick_w + 0.1
-        text.add(cbar_label, (label_x, bottom + ax_h / 2), fig.dpi_scale_trans, 10, ha="center", va="center",
+        text.add(cbar_label, (label_x, bottom + bar_h / 2), fig.dpi_scale_trans, 10, ha="center", va="center",
                  rotation=90)
+        if ends:  # what each end of the bar means: "faster" under it, "slower" over it
+            text.add(ends[0], (bx, bottom - 0.08), fig.dpi_scale_trans, TICK_FONT, ha="left", va="top")
+            text.add(ends[1], (bx, plot_top + 0.08), fig.dpi_scale_trans, TICK_FONT, ha="left", va="baseline")
         if mult:
-            text.add(mult, (cx1 - cbar_w, bottom + ax_h + 0.06), fig.dpi_scale_trans, TICK_FONT, ha="left",
-                     va="baseline")
+            text.add(mult, (cx1 + 0.08, plot_top + 0.08 + (0.16 if ends else 0.0)), fig.dpi_scale_trans, TICK_FONT,
+                     ha="left", va="baseline")
     fig.add_artist(LineCollection(ticks, colors="black", linewidths=0.8, transform=fig.dpi_scale_trans))
     fig.add_artist(PatchCollection([Rectangle((x, y), w, h) for x, y, w, h in frames], facecolor="none",
                                    edgecolor="black", linewidth=0.8, transform=fig.dpi_scale_trans, zorder=4))

@@ -130,6 +130,11 @@ class RandomConfig(SearchConfig):
     budget_per_iter: int = 200
 
 
+def _positive_numbers(values) -> bool:
+    return (isinstance(values, (list, tuple)) and len(values) > 0
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) and 0 < x < float("inf") for x in values))
+
+
 def _positive(cfg, *keys):
     for k in keys:
         v = getattr(cfg, k)
@@ -173,8 +178,10 @@ class Strategy(ABC):
         self.check()
         if self.constrained:
             v = (cfg.constraint or {}).get(self.cost_name)
-            if v is None or isinstance(v, bool) or not isinstance(v, (int, float)):
+            if v is None:
                 raise UserError(f"search.constraint.{self.cost_name} is not set: {cfg.name} needs a bound on {self.cost_name}")
+            if not _positive_numbers([v]):
+                raise UserError(f"search.constraint.{self.cost_name} must be a positive number, not {v!r}")
             self.limit = float(v)
 
     def check(self) -> None:
@@ -182,6 +189,12 @@ class Strategy(ABC):
         _positive(c, "budget", "stall_iterations")
         if c.iterations is not None and c.iterations < 0:
             raise UserError(f"search.iterations must be >= 0, not {c.iterations}")
+        # checked here, not when the limits are first used after the initial set: by then the
+        # run has opened
+        for key, lim in (c.cost_limits or {}).items():
+            if lim is not None and not _positive_numbers(lim):
+                raise UserError(f"search.cost_limits.{key} must be a non-empty list of positive numbers (or null: "
+                                f"the initial set's quartiles), not {lim!r}")
 
     # ------------------------------------------------------------ hooks
     @abstractmethod

@@ -42,6 +42,8 @@ import csv
 import hashlib
 import json
 import logging
+import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -64,7 +66,7 @@ EXTENSIONS = {"onnx": "onnx", "pytorch": "pt", "tflite": "tflite"}
 FILE_COLUMNS = {"onnx": "onnx_file", "pytorch": "pytorch_file", "tflite": "tflite_file"}
 WEIGHTS = ("random", "supernet")
 INPUT_NAME, OUTPUT_NAME = ONNX_INPUT, ONNX_OUTPUT
-MANIFEST, FILES, META = "manifest.csv", "files.csv", "export.json"
+MANIFEST, FILES, META, LOCK = "manifest.csv", "files.csv", "export.json", ".export.lock"
 SUBNET_FORMAT = "blockprof.subnet/1"
 
 
@@ -243,6 +245,38 @@ def _settings(ctx, formats, source: SubnetSource) -> dict:
             "output": OUTPUT_NAME, "weights": source.info, "weights_fingerprint": source.fingerprint}
 
 
+def _check_out_dir(out: Path) -> None:
+    """task.out_dir is, or can become, a folder we can write to: tried for real, with a
+    temporary folder in its nearest existing ancestor (permissions alone do not tell, e.g.
+    as root, or on a read-only file system)."""
+    probe = out
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = "is a file" if probe == out else f"lies inside {probe}, which is a file"
+        raise UserError(f"task.out_dir {out} {where}, not a folder; pick another task.out_dir")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".blockprof-probe-", dir=probe))
+    except OSError as exc:
+        raise UserError(f"task.out_dir {out} is not writable ({probe}: {exc.strerror or exc}); "
+                        "pick another task.out_dir") from None
+
+
+def _lock_out_dir(out: Path) -> int:
+    """An exclusive lock on `<out_dir>/.export.lock` (flock: released when this process
+    ends, however it ends), so two exports cannot write one folder at once."""
+    import fcntl
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UserError(f"task.out_dir {out} is in use by another export; wait for it to finish "
+                        "(a rerun then resumes it) or pick another task.out_dir") from None
+    return fd
+
+
 def _check_resume(out: Path, settings: dict) -> None:
     meta = out / META
     if not meta.is_file():
@@ -291,9 +325,25 @@ class ExportTask(Task):
         self._source = SubnetSource(ctx)
         formats = _check_formats(t.formats, self._source.kind)
         archs_to_export(ctx)
-        _check_resume(_out_dir(ctx), _settings(ctx, formats, self._source))
+        out = _out_dir(ctx)
+        if t.get("out_dir"):
+            _check_out_dir(out)
+        _check_resume(out, _settings(ctx, formats, self._source))
+        if t.get("out_dir"):
+            # last: held from here to the end of the run. (Without task.out_dir the run
+            # folder is the out_dir, and the run folder has its own lock.)
+            self._lock = _lock_out_dir(out)
 
     def run(self, ctx, tracker):
+        try:
+            return self._run(ctx, tracker)
+        finally:
+            lock = getattr(self, "_lock", None)
+            if lock is not None:
+                os.close(lock)  # closing the descriptor releases the lock
+                self._lock = None
+
+    def _run(self, ctx, tracker):
         import torch
         t, space = self.cfg, ctx.space
         source = getattr(self, "_source", None) or SubnetSource(ctx)

@@ -37,7 +37,7 @@ import numpy as np
 
 from blockprof.common.errors import UserError
 from blockprof.common.fileio import atomic_write_text
-from blockprof.core.latency_csv import LatencyCSVWriter, read_latency_csv
+from blockprof.core.latency_csv import LatencyCSVWriter, read_latency_csv, seed_field
 from blockprof.metrics.measured import engine_label, machine_info, make_timing_engine, timing_clock, timing_via
 from blockprof.metrics.timing import ChunkTimer, Protocol, reference_archs
 from blockprof.common.progress import phase, progress
@@ -75,7 +75,9 @@ def rounds_path(csv_path: Path) -> Path:
     return csv_path.with_name(csv_path.name + ".rounds.csv")
 
 
-def run(ctx, tracker):
+def _checked(ctx):
+    """Everything measure needs from the user's input, checked without writing anything
+    (`validate` runs it before the run opens; `run` again for its values)."""
     cfg, space = ctx.cfg, ctx.space
     t, lat = cfg.task, cfg.device.latency
     hw = lat.get("hw")
@@ -111,16 +113,32 @@ def run(ctx, tracker):
     else:
         archs = sample_archs(space, base_seed, n, t.get("resolution"))
 
+    seed_field(str(cfg.device.name), "device name")  # a name the seed's CSV reader cannot read back: refused now
+    # a CSV of another space or sample; a last line torn by a kill is repaired by the writer
+    # in `run`, so only a whole file is read here
+    if csv_path.is_file() and csv_path.stat().st_size > 0 and csv_path.read_bytes().endswith(b"\n"):
+        _check_existing(read_latency_csv(csv_path, space), archs, n, csv_path, cfg.seed)
+    return t, lat, hw, engine_name, proto, n, csv_path, mpath, meta, base_seed, archs
+
+
+def _check_existing(rows, archs, n, csv_path, seed) -> None:
+    for rec in rows:
+        if rec.net_id < n and rec.arch != archs[rec.net_id]:
+            raise UserError(f"{csv_path}: net_id {rec.net_id} is {rec.arch} but seed {seed} samples "
+                            f"{archs[rec.net_id]} there; it was measured from another sample - resume with the "
+                            "same seed or use another task.csv")
+
+
+def run(ctx, tracker):
+    cfg, space = ctx.cfg, ctx.space
+    t, lat, hw, engine_name, proto, n, csv_path, mpath, meta, base_seed, archs = _checked(ctx)
     # the engine before the CSV: a board or tool that is not usable fails here, leaving no file behind
     engine = make_timing_engine(lat, space, hw=proto.hw, threads=proto.threads, clock=proto.clock,
                                 batch_size=proto.batch_size, cache_dir=resolve_path(lat.get("cache_dir") or
                                                                                     "outputs/cache/onnx", cfg))
-    writer = LatencyCSVWriter(csv_path, space, device=str(cfg.device.name))  # a name the seed cannot read: refused now
-    existing = {r.net_id: r for r in read_latency_csv(csv_path, space)} if writer.done_ids else {}
-    for i, rec in existing.items():
-        if i < n and rec.arch != archs[i]:
-            raise UserError(f"{csv_path}: net_id {i} is {rec.arch} but seed {cfg.seed} samples {archs[i]} there; "
-                            "it was measured from another sample - resume with the same seed or use another task.csv")
+    writer = LatencyCSVWriter(csv_path, space, device=str(cfg.device.name))
+    if writer.done_ids:
+        _check_existing(read_latency_csv(csv_path, space), archs, n, csv_path, cfg.seed)
     todo = [i for i in range(n) if i not in writer.done_ids]
     info = {**machine_info(proto.threads, proto.hw), **engine.info()}
     now = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -247,6 +265,9 @@ class MeasureTask(Task):
             p.pop("task.num_archs", None)  # the list's archs are timed, not num_archs samples
             p["task.archs_csv"] = str(resolve_path(t.archs_csv, cfg))
         return p
+
+    def validate(self, ctx):
+        _checked(ctx)
 
     def run(self, ctx, tracker):
         # a board or timing tool can fail on the first subnet (a wrong flag, a dropped link):

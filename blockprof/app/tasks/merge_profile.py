@@ -140,3 +140,13 @@ class MergeProfileTask(Task):
 
     def run(self, ctx, tracker):
         return run(ctx, tracker)
+
+
+def _check_inputs(cfg) -> None:
+    """Every shard folder is there and finished, before the run opens."""
+    inputs = [Path(p) for p in cfg.task.inputs or []]
+    if not inputs:
+        raise UserError("task.inputs is empty: give the shards' run folders, e.g. task.inputs='[dir0,dir1]'")
+    for d in inputs:
+        if not (d / "samples.csv").is_file() or not (d / "config.yaml").is_file():
+            raise UserError(f"{d} is not a finished profile run (no samples.csv / config.yaml)")

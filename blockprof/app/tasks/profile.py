@@ -117,7 +117,7 @@ def write_outputs(ctx, tracker, groups, samples: pd.DataFrame) -> pd.DataFrame:
     for df, name in ((samples, "samples.csv"), (summary, "summary.csv"), (extremes, "extremes.csv")):
         # `tracker.log_table` with the fast CSV writer (samples.csv is ~18k rows for 100 archs)
         tracker.log_artifact(atomic_write(tracker.run_dir / name, lambda p, df=df: write_csv(df, p)))
-    _heatmaps(ctx, tracker, summary, metric_names)
+    _heatmaps(ctx, tracker, summary, metric_names, samples)
 
     baseline = summary[summary["block"] == BASELINE].iloc[0]
     tracker.log_metrics({"num_groups": len(groups) - 1, "num_archs_scored": len(samples),
@@ -126,25 +126,70 @@ def write_outputs(ctx, tracker, groups, samples: pd.DataFrame) -> pd.DataFrame:
     return summary
 
 
-def _heatmaps(ctx, tracker, summary: pd.DataFrame, metric_names) -> None:
-    """Mean value and mean difference from the baseline, per metric, for single-slot groups."""
+# the words at the ends of a difference map's colour bar: (lower, higher) than the baseline
+_ENDS = {"latency": ("faster", "slower"), "accuracy": ("less accurate", "more accurate"),
+         "mmacs": ("fewer MACs", "more MACs"), "params_m": ("fewer params", "more params")}
+
+
+def _baselines(ctx, samples: pd.DataFrame | None, base: pd.Series, metric: str, panels: list) -> tuple[dict, dict]:
+    """The baseline each resolution panel is compared with, and a note saying which.
+
+    One panel: the random baseline. Several (task.resolutions): the baseline's archs are
+    drawn at mixed resolutions while a panel's are all at its own, so against the one
+    baseline a panel shows mostly the resolution's offset. Each panel is compared with the
+    baseline's archs scored at its resolution instead (paired, like the slots); a slow
+    metric (timing, ImageNet) is not scored again: its panel uses the baseline archs that
+    were drawn at that resolution."""
+    whole = float(base[f"{metric}_mean"])
+    if len(panels) < 2 or samples is None:
+        return {k: whole for k in panels}, {}
+    rand = samples[samples["group"] == 0]
+    m = ctx.metrics[metric]
+    means, notes = {}, {}
+    for k in panels:
+        if k == "any":
+            means[k], notes[k] = whole, "vs the random baseline"
+        elif not m.slow:
+            archs = [ctx.space.parse(t, int(k)) for t in rand["arch"]]
+            means[k] = float(np.mean(m.evaluate(archs)))
+            notes[k] = f"vs the {len(archs)} baseline archs at {k} px"
+        else:
+            at = rand.loc[rand["resolution"] == int(k), metric]
+            means[k] = float(at.mean()) if len(at) else whole
+            notes[k] = (f"vs the {len(at)} baseline archs drawn at {k} px" if len(at)
+                        else "vs the whole baseline (none drawn at this resolution)")
+    return means, notes
+
+
+def _heatmaps(ctx, tracker, summary: pd.DataFrame, metric_names, samples: pd.DataFrame | None = None) -> None:
+    """Mean value and mean difference from the baseline, per metric, for single-slot groups.
+    Blocks are named by their tokens (`mbconv3_e6_k7`); in difference maps red is worse."""
     single = summary[(summary["block"] != BASELINE) & summary["unit"].notna() & ~summary["block"].str.contains(r"\+")]
     if single.empty:
         return
     base = summary[summary["block"] == BASELINE].iloc[0]
+    res = single["resolution"]
+    panel_of = np.where(res.isna(), "any", res.fillna(0).astype(np.int64).astype(str))
+    panels = sorted(set(panel_of.tolist()))
     for m in metric_names:
-        unit = ctx.metrics[m].unit
-        view = single.assign(diff=single[f"{m}_mean"] - base[f"{m}_mean"])
-        for col, suffix, label, div in ((f"{m}_mean", "mean", f"mean {m} [{unit}]", False),
-                                        ("diff", "diff", f"mean {m} - random baseline [{unit}]", True)):
+        metric = ctx.metrics[m]
+        unit, name = metric.unit, plots.metric_label(ctx.cfg, m)
+        # a difference of percentages is in percentage points
+        diff_unit = "pp" if unit == "%" else unit
+        means, notes = _baselines(ctx, samples, base, m, panels)
+        view = single.assign(diff=single[f"{m}_mean"].to_numpy() - np.array([means[k] for k in panel_of]))
+        ends = _ENDS.get(m, ("lower", "higher"))
+        for col, suffix, label, div in ((f"{m}_mean", "mean", f"mean {name} [{unit}]", False),
+                                        ("diff", "diff", f"{name} \u2212 baseline [{diff_unit}]", True)):
             if div and not np.isfinite(view[col]).any():
                 continue
-            title = (f"{ctx.space.name} on {ctx.cfg.device.name}: {label}, "
-                     f"{int(base['n'])} archs per block")
-            fig = plots.block_heatmaps(view, col, title, label, diverging=div and math.isfinite(view[col].abs().max()))
-            name = f"heatmap_{m}_{suffix}.png"
+            title = f"{ctx.space.name} on {ctx.cfg.device.name}: {label}, {int(base['n'])} archs per block"
+            fig = plots.block_heatmaps(view, col, title, label, diverging=div and math.isfinite(view[col].abs().max()),
+                                       higher_is_better=metric.higher_is_better, ends=ends if div else None,
+                                       panel_notes=notes if div else None)
+            name_png = f"heatmap_{m}_{suffix}.png"
             # fixed layout: saved as drawn (the tracker's tight-bbox save would draw it twice)
-            tracker.log_artifact(atomic_write(tracker.run_dir / name, lambda p: plots.save_png(fig, p)))
+            tracker.log_artifact(atomic_write(tracker.run_dir / name_png, lambda p: plots.save_png(fig, p)))
             plots.close(fig)
 
 

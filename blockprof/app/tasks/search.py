@@ -135,7 +135,18 @@ def prepare(ctx) -> Prepared:
     strategy = cls(scfg, mutator, evaluator, ctx.rng)
     runner = SearchRunner(strategy, ckpt, ctx.rng, fingerprint(cfg, profile.to_dict(space.ops)))
     runner.check_resumable()
+    if strategy.constrained and not ckpt.exists():
+        _check_feasible(cls, scfg, mutator, ctx.metrics, cost)
     return Prepared(cls, scfg, cost, work, ckpt, profile, strategy, runner)
+
+
+def _check_feasible(cls, scfg, mutator, metrics, cost: str) -> None:
+    """A constraint no arch meets (`search.constraint.latency=1`) is found here, before the
+    run opens, by a probe with its own evaluator and generator (so the search itself draws
+    exactly what it would without the probe). Cost checks are cheap; a feasible constraint
+    is usually met by the first batch."""
+    probe = cls(scfg, mutator, Evaluator(metrics, cost), np.random.default_rng(0))
+    probe.sample_feasible(1)
 
 
 def _fill_hv_reference(cfg, scfg, cost: str, ctx=None) -> None:
@@ -203,8 +214,10 @@ def run(ctx, tracker, prepared: Prepared | None = None):
     from blockprof.app.calibration import time_final_front  # a calibrated device: the front, timed for real
     front_measured = time_final_front(ctx, front, cost, work, tracker)
     if scfg.plot:
+        from blockprof.infra.plots import metric_label
         fig = plot_front(scored, cost, ctx.metrics[cost].unit, strategy,
-                         title=f"{scfg.name} / insight {profile.name} / {space.name} on {cfg.device.name}")
+                         title=f"{scfg.name} / insight {profile.name} / {space.name} on {cfg.device.name}",
+                         accuracy_label=metric_label(cfg, ACCURACY))
         path = work / "front.png"
         fig.savefig(path, format="png", bbox_inches="tight", dpi=120)
         import matplotlib.pyplot as plt
@@ -275,7 +288,10 @@ def _write_csv(path: Path, df: pd.DataFrame) -> Path:
     return atomic_write_text(path, df.to_csv(index=False))
 
 
-def plot_front(scored: pd.DataFrame, cost: str, unit: str, strategy: Strategy, title: str = ""):
+def plot_front(scored: pd.DataFrame, cost: str, unit: str, strategy: Strategy, title: str = "",
+               accuracy_label: str = "accuracy"):
+    """Accuracy against cost: every scored arch, the initial set, the final front, and each
+    cost limit as a labelled line (`<= 20 ms`, the best accuracy under it in the legend)."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -289,12 +305,18 @@ def plot_front(scored: pd.DataFrame, cost: str, unit: str, strategy: Strategy, t
     front = scored[scored.on_front].sort_values(cost)
     ax.step(front[cost], front[ACCURACY], where="post", c="tab:red", lw=1.2)
     ax.scatter(front[cost], front[ACCURACY], s=14, c="tab:red", label=f"final front ({len(front)})", zorder=3)
-    for lim in strategy.limits:
-        ax.axvline(lim, c="0.5", ls=":", lw=0.8)
+    for i, lim in enumerate(strategy.limits):
+        under = scored.loc[scored[cost] <= lim, ACCURACY]
+        best = f": best {under.max():.2f} %" if len(under) else ": none under it"
+        ax.axvline(lim, c="0.4", ls=":", lw=0.9, label="cost limits" if i == 0 else None)
+        # the limit's value at the top of its line, and the best accuracy found under it
+        ax.annotate(f"\u2264 {lim:g} {unit}{best}", (lim, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(2, -3), textcoords="offset points", rotation=90, va="top", ha="left", fontsize=7,
+                    color="0.25", bbox=dict(boxstyle="square,pad=0.15", fc="white", ec="none", alpha=0.8))
     if strategy.limit is not None:
         ax.axvline(strategy.limit, c="tab:green", ls="--", lw=1, label=f"constraint {strategy.limit:g} {unit}")
     ax.set_xlabel(f"{cost} [{unit}]")
-    ax.set_ylabel("accuracy [%]")
+    ax.set_ylabel(f"{accuracy_label} [%]")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)

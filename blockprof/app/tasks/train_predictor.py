@@ -57,7 +57,7 @@ def _init_checkpoint(ctx) -> tuple[Path | None, str | None]:
         return path, f"{t.init_from} (version {info['version']})"
     path = resolve_path(t.init_from, ctx.cfg)
     if not path.is_file():
-        raise UserError(f"task.init_from: no checkpoint at {path}")
+        raise UserError(f"task.init_from {path} does not exist (give a checkpoint written by task=train_predictor)")
     return path, str(path)
 
 
@@ -76,7 +76,11 @@ def _plan(ctx):
     opts = TrainOptions.from_config({k: t[k] for k in OPTION_KEYS if t.get(k) is not None}, model=model)
     init_path, _ = _init_checkpoint(ctx)
     if init_path is not None:  # the architecture comes from the checkpoint
-        _, ck = load_checkpoint(init_path, ctx.space)
+        _check_init_space(init_path, ctx.space)
+        try:
+            _, ck = load_checkpoint(init_path, ctx.space)
+        except UserError as exc:
+            raise UserError(f"task.init_from: {exc}") from None
         opts = options_from_init(opts, ck, {"model": t.get("model"), "hidden": t.get("hidden"),
                                             "layers": t.get("layers")})
     # the champion file: the device's default checkpoint, named for the model kind
@@ -114,6 +118,24 @@ def validate(ctx) -> None:
     _, _, te = split_indices(len(recs), np.random.default_rng(int(ctx.cfg.seed)), opts.split)
     if not t.get("allow_small_test", False):
         check_test_size(len(recs), len(te), str(csv_path), "task.allow_small_test", int(t.get("min_test_archs", 50)))
+
+
+def _check_init_space(path, space) -> None:
+    """A checkpoint of another space is named as task.init_from (not as the device's own
+    predictor), before its weights are read."""
+    import math
+
+    import torch
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - load_checkpoint words the refusal
+        return
+    sp = ck.get("space") if isinstance(ck, dict) else None
+    width = float(getattr(space, "width_mult", 0.0) or 0.0)
+    if isinstance(sp, dict) and (sp.get("name") != space.name
+                                 or not math.isclose(float(sp.get("width_mult") or 0.0), width)):
+        raise UserError(f"task.init_from {path} was trained for space {sp.get('name')} (width {sp.get('width_mult')}), "
+                        f"not {space.name} (width {width}): fine-tune from a predictor of space {space.name}")
 
 
 def run(ctx, tracker):
