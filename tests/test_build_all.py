@@ -151,7 +151,7 @@ def test_hparams_search_predictor_mape(tmp_path):
     cfg = compose(["device=local_cpu", f"paths.output_root={tmp_path}/out"])
     csv = _synthetic_csv(tmp_path / "lat.csv", cfg, n=40)
     res = run_cli(["-m", "hparams_search=predictor_mape", "device=local_cpu", f"task.csv={csv}",
-                   f"task.checkpoint={tmp_path}/p.pt", "task.max_epochs=2", "hydra.sweeper.n_trials=2",
+                   "task.max_epochs=2", "hydra.sweeper.n_trials=2",
                    "task.allow_small_test=true",
                    "tracking=none", f"paths.output_root={tmp_path}/out"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr

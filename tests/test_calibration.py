@@ -24,7 +24,7 @@ TINY = ["device=local_cpu", "space.resolutions=[160]", "metric.names=[latency]",
 
 def _tags(tmp_path, task):
     client = MlflowClient(f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("blockprof").experiment_id])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     return [r.data.tags for r in runs if r.data.tags.get("task") == task]
 
 

@@ -229,6 +229,7 @@ def test_readme_own_device_walkthrough_runs_as_written(tmp_path, monkeypatch):
                    f"paths.output_root={tmp_path}/out"], cwd=tmp_path, env={"HOME": str(home)})
     assert res.returncode == 0, res.stderr
     assert list((tmp_path / "out" / "runs" / "profile" / "mbv3-myphone").glob("*/summary.csv"))
-    cfg = blockprof.compose(["device=mybox", "metric.names=[latency]"], config_dir=str(home / "myconf"))
+    cfg = blockprof.compose(["device=mybox", "metric.names=[latency]", "device.latency.source=measured"],
+                            config_dir=str(home / "myconf"))
     lat = blockprof.metrics_for(cfg)["latency"]  # the protocol's checks run here (4 threads need the wall clock)
     assert (lat.threads, lat.proto.clock, lat.engine.name) == (4, "wall", "onnxruntime")

@@ -103,7 +103,7 @@ def test_versions_the_champion_gate_and_models_uris(cfg_factory, tmp_path, space
                      run_dir=tmp_path / f"ev{uri[-1]}")
         served = [space.parse(a, r) for a, r in zip(df["arch"], df["resolution"])]
         assert np.allclose(df["latency"].to_numpy(), model.predict(served), rtol=1e-5)
-    runs = client.search_runs([client.get_experiment_by_name("blockprof").experiment_id])
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     served = {r.data.tags.get("latency.served_by") for r in runs if r.data.tags.get("task") == "evaluate"}
     assert served == {f"models:/{NAME}/1", f"models:/{NAME}/2"}  # each run says which version served it
     with pytest.raises(UserError, match=r"no such model version .* has versions \[1, 2\], aliases @champion"):

@@ -227,6 +227,7 @@ def test_ssh_board_is_a_measured_latency_for_evaluate(sshd, tmp_path, onnx_cache
     """source: measured through the board in task=evaluate; on this same machine the board's
     timings agree with the local ONNX Runtime device's."""
     common = ["task=evaluate", *SMALL, "task.num_archs=2", "metric.names=[latency]", "tracking=none",
+              "device.latency.source=measured",
               "device.latency.repeats=3", "device.latency.warmup=1", "device.latency.references=1",
               "device.latency.chunk_size=2"]
     board = tmp_path / "board"

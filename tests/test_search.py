@@ -606,7 +606,7 @@ def test_bad_insight_profiles_fail_in_one_line(cfg_factory, tmp_path, change, ne
 
 
 def test_a_wrongly_typed_search_option_fails_while_composing(cfg_factory):
-    with pytest.raises(Exception, match="search.budget=lots"):  # the schema types every strategy option
+    with pytest.raises(UserError, match="search.budget: Value 'lots'"):  # the schema types every strategy option
         cfg_factory("task=search", "search.budget=lots", "tracking=none")
 
 

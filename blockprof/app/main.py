@@ -185,11 +185,18 @@ def log_header(cfg: DictConfig, run_dir: Path) -> None:
 def run(cfg: DictConfig, run_dir: Path | None = None) -> Outcome:
     """Validate, build and run the configured task. Raises UserError on bad input."""
     run_dir = Path(run_dir) if run_dir else run_dir_of(cfg, create=False)
-    log_header(cfg, run_dir)
+    # run.log opens with the header; a folder that already has a log (a resume, or another
+    # run's folder) gets it only once the input is accepted and the folder is ours, so a
+    # refused rerun leaves that log as it was
+    run_log = run_dir / "run.log"
+    header_first = not (run_log.is_file() and run_log.stat().st_size > 0)
+    if header_first:
+        log_header(cfg, run_dir)
     validate(cfg)
     task = build_task(cfg)
-    cfg = task.complete_config(cfg)
-    task.cfg = cfg.task
+    completed = task.complete_config(cfg)
+    if completed is not cfg:  # the task's inputs filled in settings (merge_profile: its shards')
+        cfg, task.cfg = completed, completed.task
     space = space_from_config(cfg)
     torch.manual_seed(cfg.seed)
     ctx = RunContext(cfg, space, np.random.default_rng(cfg.seed), run_dir)
@@ -202,6 +209,8 @@ def run(cfg: DictConfig, run_dir: Path | None = None) -> Outcome:
     # holds it) and written to
     claim = claim_run_dir(run_dir, str(cfg.task.name))
     try:
+        if not header_first:
+            log_header(cfg, run_dir)
         _save_hydra_files(cfg, run_dir)
         with track_run(cfg, run_dir, task=str(cfg.task.name), groups=task.groups,
                        params=task.params(ctx), tags=task.tags(ctx),

@@ -184,11 +184,11 @@ class TrainPredictorTask(Task):
 
     def params(self, ctx):
         p = super().params(ctx)
-        csv_path, ckpt_path, opts = _plan(ctx)
+        csv_path, ckpt_path, _, opts = _plan(ctx)
         p.update({"task.csv": str(csv_path), "task.checkpoint": str(ckpt_path)})  # the model: train.model
-        for k in ("init_from",):
-            if self.cfg.get(k):
-                p[f"task.{k}"] = str(resolve_path(self.cfg[k], ctx.cfg))
+        init = self.cfg.get("init_from")
+        if init:
+            p["task.init_from"] = str(init) if is_model_uri(init) else str(resolve_path(init, ctx.cfg))
         return p
 
     def run(self, ctx, tracker):

@@ -9,5 +9,4 @@ from blockprof.core.space import Capabilities
 class UntrainedProxylessSpace(ProxylessSpace):
     @property
     def capabilities(self) -> Capabilities:
-        own = super().capabilities
-        return Capabilities(accuracy_predictor=None, lookup_table=own.lookup_table, supernet_checkpoint=None)
+        return Capabilities(accuracy_predictor=None, supernet_checkpoint=None)
