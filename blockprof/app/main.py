@@ -28,7 +28,8 @@ from blockprof.app.schema import unknown_keys
 from blockprof.app.task import Task
 from blockprof.common.errors import UserError
 from blockprof.core.space import DesignSpace
-from blockprof.infra.tracking import RUN_LOCK, claim_run_dir, experiment_name, resolve_output_root, track_run
+from blockprof.infra.tracking import (RUN_LOCK, claim_run_dir, experiment_name, lock_held, resolve_output_root,
+                                      track_run)
 from blockprof.metrics.base import Metric
 
 log = logging.getLogger(__name__)
@@ -291,18 +292,7 @@ def remove_if_empty(run_dir: Path) -> None:
 
 def _held_by_a_live_run(run_dir: Path) -> bool:
     """Whether a live process holds the folder's run lock (it is released when a run ends or dies)."""
-    import fcntl
-    try:
-        fd = os.open(run_dir / RUN_LOCK, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
+    return bool(lock_held(run_dir / RUN_LOCK))
 
 
 def _in_multirun() -> bool:

@@ -534,7 +534,7 @@ def _previous_run(run_dir: Path, uri: str | None, experiment: str, task: str) ->
 PARENTS = ".mlflow_parents.json"  # in a sweep folder: the command line and the parent run per experiment
 
 
-def _lock_held(path: Path) -> bool | None:
+def lock_held(path: Path) -> bool | None:
     """Whether a live process holds the flock on ``path``; None when there is no such file."""
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -660,7 +660,7 @@ def mark_dead_runs_killed(client, exp_id: str, cfg: DictConfig, keep: str | None
         if run.info.run_id == keep or not folder:
             continue
         path = Path(folder) if Path(folder).is_absolute() else resolve_output_root(cfg) / folder
-        if _lock_held(path / RUN_LOCK) is False:
+        if lock_held(path / RUN_LOCK) is False:
             client.set_terminated(run.info.run_id, status="KILLED")
             client.set_tag(run.info.run_id, "killed", f"its process ended without closing it; found by run {keep}")
             dead.append(run.info.run_id)
