@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 
 from blockprof.common.errors import UserError
+from blockprof.infra.plots import block_label
 
 TAG_COLUMNS = ("task", "space", "device", "metrics", "search", "search.strategy", "search.insight", "search.cost",
                "shard", "sweep", "sweep_job", "overrides", "git_commit")
@@ -239,7 +240,7 @@ def plot_heatmaps(space: str, metric: str, panels: list[tuple[str, pd.DataFrame]
         lim = dict(vmin=float(vals.min()), vmax=float(vals.max())) if shared else {}
         im = ax.imshow(grid, aspect="auto", cmap="viridis", **lim)
         ax.set_xticks(range(len(blocks)))
-        ax.set_xticklabels([b.replace("mbconv", "MB").replace("bneck_", "") for b in blocks], rotation=60,
+        ax.set_xticklabels([block_label(b) for b in blocks], rotation=60,
                            ha="right", fontsize=6)
         ax.set_yticks(range(len(rows)))
         ax.set_yticklabels([f"U{u} L{lay}" for u, lay in rows], fontsize=6)
