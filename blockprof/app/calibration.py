@@ -266,7 +266,7 @@ class CalibratedLatency(Metric):
         # the median reference, and only when every reference moved the same way: on a loaded
         # machine one reference alone jumped by 40 % between two runs while the others held
         speed = float(np.median(ratios))
-        threshold = float(lat.get("rescale_threshold", 0.15))
+        threshold = float(lat.rescale_threshold)
         agree = bool(np.all(ratios > 1)) or bool(np.all(ratios < 1))
         applied = speed if agree and abs(math.log(speed)) > math.log1p(threshold) else 1.0
         log.info("latency: reference subnets now %s x their calibration baselines", ", ".join(f"{r:.3f}" for r in ratios))
