@@ -42,3 +42,26 @@ def run_cli(args: list[str], cwd: Path, timeout: int = 300, env: dict | None = N
 @pytest.fixture
 def cfg_factory(tmp_path):
     return lambda *overrides: compose(list(overrides), tmp_path / "outputs")
+
+
+def synthetic_latency(space, n: int, seed: int):
+    """(archs, latency ms) with a known truth: the Note10 lookup-table latency of `n` seeded
+    archs, a non-additive depth term and 2 % noise (real layers, a target no model fits exactly)."""
+    import numpy as np
+
+    from blockprof.metrics.lut import note10_latency
+    rng = np.random.default_rng(seed)
+    archs = space.sample(rng, n)
+    lut = note10_latency(space).evaluate(archs)
+    depth = np.array([sum(a.depths) for a in archs])
+    return archs, lut * (1 + 0.01 * (depth - 15)) * rng.normal(1, 0.02, n)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread: on a shared 2-core box, 2 threads run small nets several times slower."""
+    import torch
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

@@ -25,12 +25,7 @@ BASE = ["space=mbv3", f"space.resolutions=[{RES}]", "device=note10", "tracking=n
         "task.weights=supernet", "task.target=myphone", "data.workers=0"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

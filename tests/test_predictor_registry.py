@@ -12,10 +12,9 @@ from blockprof.common.errors import UserError
 from blockprof.core.latency_csv import write_latency_csv
 from blockprof.core.registry import build_space
 from blockprof.infra.models import main as registry_main
-from blockprof.metrics.lut import note10_latency
 from blockprof.predictors.train import load_checkpoint
 
-from conftest import run_cli
+from conftest import run_cli, synthetic_latency
 
 NAME = "blockprof-latency-mbv3-npu"
 N_ARCHS = 500  # 50 test archs: the smallest CSV trained without task.allow_small_test
@@ -29,11 +28,7 @@ def space():
 
 @pytest.fixture(scope="module")
 def synthetic(space):
-    rng = np.random.default_rng(1)
-    archs = space.sample(rng, N_ARCHS)
-    lut = note10_latency(space).evaluate(archs)
-    depth = np.array([sum(a.depths) for a in archs])
-    return archs, lut * (1 + 0.01 * (depth - 15)) * rng.normal(1, 0.02, N_ARCHS)
+    return synthetic_latency(space, N_ARCHS, seed=1)
 
 
 def _csv(path, archs, y, device="npu"):

@@ -23,7 +23,7 @@ from blockprof.predictors.latency import SEED_DATA_URL, PredictedLatency
 from blockprof.predictors.models import build_model
 from blockprof.predictors.train import TrainOptions, fit_model, load_checkpoint, save_checkpoint, split_indices
 
-from conftest import run_cli
+from conftest import run_cli, synthetic_latency
 
 N_ARCHS = 300
 FAST = ["task.max_epochs=40", "task.patience=40", "task.log_model=false"]
@@ -36,13 +36,7 @@ def space():
 
 @pytest.fixture(scope="module")
 def synthetic(space):
-    """Note10 lookup-table latency with a non-additive term and 2 % noise: real layers, known truth."""
-    rng = np.random.default_rng(0)
-    archs = space.sample(rng, N_ARCHS)
-    lut = note10_latency(space).evaluate(archs)
-    depth = np.array([sum(a.depths) for a in archs])
-    y = lut * (1 + 0.01 * (depth - 15)) * rng.normal(1, 0.02, N_ARCHS)
-    return archs, y
+    return synthetic_latency(space, N_ARCHS, seed=0)
 
 
 def write_csv(path, archs, y, device="npu"):

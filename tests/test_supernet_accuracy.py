@@ -36,13 +36,7 @@ def _random_checkpoint(space, folder, seed=0):
     return save_ofa_checkpoint(net, folder / name)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core box, 2 threads run these small nets several times slower."""
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
